@@ -1,0 +1,87 @@
+"""File helpers every writer and reader of the package shares.
+
+- `atomic_output_dir`: build an output folder under a temporary name next to the target and rename it into place
+  only when everything succeeded, so an error or Ctrl-C never leaves a half-written folder.
+- `load_torch_checkpoint`: `torch.load` that never unpickles arbitrary objects.
+- `sha256_file`: provenance hashes for model cards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from hf_tts.errors import InputError
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a fresh temporary folder that becomes `out_dir` when the block exits without an exception.
+
+    An existing `out_dir` is an InputError unless `overwrite=True`, in which case it is replaced only after the new
+    folder is complete. On any exception (KeyboardInterrupt included) the temporary folder is removed.
+    """
+    target = Path(out_dir).absolute()
+    if target.exists() and not overwrite:
+        raise InputError(f"output folder {target} already exists; choose another --out or pass --overwrite")
+    if target.exists() and not target.is_dir():
+        raise InputError(f"output path {target} exists and is not a folder")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield staging
+        if target.exists():
+            # Swap: move the old folder aside first so the target is never missing and never mixed.
+            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            retired.rmdir()
+            os.replace(target, retired)
+            os.replace(staging, target)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def load_torch_checkpoint(path: str | os.PathLike, *, mmap: bool = False, trust_pickle: bool = False) -> Any:
+    """Load a `.pt`/`.pth`/`.bin` file with `weights_only=True` (tensors, dicts, numbers, strings only).
+
+    A file that needs full unpickling is refused with an InputError that says how to opt in (`trust_pickle=True`,
+    for files from a source you trust).
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"checkpoint {path} does not exist or is not a file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust_pickle, mmap=mmap)
+    except pickle.UnpicklingError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "unsupported object"
+        raise InputError(
+            f"{path} contains objects that need full unpickling ({first_line}); it was not loaded because "
+            "unpickling can run arbitrary code. Re-save it as safetensors, or pass --trust-pickle "
+            "(trust_pickle=True) if you trust its source"
+        ) from error
+    except (RuntimeError, EOFError, OSError) as error:
+        raise InputError(
+            f"{path} is not a readable PyTorch checkpoint: {str(error).strip().splitlines()[0]}"
+        ) from error
+
+
+def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks (model files can be gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,1 @@
+"""Model cards, push helpers and the local Hub-compatible registry server."""

@@ -1,0 +1,1 @@
+"""Building blocks shared by the models (adaLN-Zero, rotary, ConvNeXt, attention, RVQ, ...)."""

@@ -1,0 +1,1 @@
+"""Streaming checkpoint merge: plan (validate) -> stream (compute) -> write."""

@@ -1,0 +1,1 @@
+"""cfg_motion model family."""

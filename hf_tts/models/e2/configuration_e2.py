@@ -1,0 +1,42 @@
+"""E2-TTS configuration: flat U-Net transformer (UNetT, long skip connections, RMSNorm) + flow matching."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from huggingface_hub.dataclasses import strict
+
+from hf_tts.configuration_utils import FlowMatchingTTSConfig
+
+# Upstream's E2TTS_*.yaml `model.arch` blocks: no text_dim (so text_dim = mel_dim), no ConvNeXt text blocks.
+E2_PRESETS: dict[str, dict] = {
+    "E2TTS_Base": dict(dim=1024, depth=24, heads=16, ff_mult=4, text_mask_padding=False, pe_attn_head=1),
+    "E2TTS_Small": dict(dim=768, depth=20, heads=12, ff_mult=4, text_mask_padding=False, pe_attn_head=1),
+}
+
+
+@strict
+class E2TTSConfig(FlowMatchingTTSConfig):
+    r"""Configuration of [`E2TTSModel`]. Defaults are E2TTS_Base. `depth` must be even (the U-Net skips pair the
+    first half of the layers with the second half); `skip_connect_type` is "concat" (upstream default) or "add"."""
+
+    model_type = "hf_tts_e2"
+    presets: ClassVar[dict[str, dict]] = E2_PRESETS
+
+    architecture: str = "E2TTS_Base"
+    depth: int = 24
+    ff_mult: int = 4
+    text_dim: int | None = None
+    conv_layers: int = 0
+    text_mask_padding: bool = False
+    pe_attn_head: int | None = 1
+    skip_connect_type: str = "concat"
+
+    def validate_unet(self) -> None:
+        if self.depth % 2:
+            raise ValueError(f"depth must be even for the UNetT backbone, got {self.depth}")
+        if self.skip_connect_type not in ("concat", "add"):
+            raise ValueError(f"skip_connect_type must be 'concat' or 'add', got {self.skip_connect_type!r}")
+
+
+__all__ = ["E2TTSConfig", "E2_PRESETS"]

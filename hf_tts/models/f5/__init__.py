@@ -1,0 +1,5 @@
+"""F5-TTS: DiT backbone + conditional flow matching."""
+
+from hf_tts.models.f5.configuration_f5 import F5_PRESETS, F5TTSConfig
+
+__all__ = ["F5_PRESETS", "F5TTSConfig"]

@@ -1,0 +1,79 @@
+"""F5-TTS configuration: DiT backbone (ConvNeXt text encoder, adaLN-Zero blocks) + flow matching."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from huggingface_hub.dataclasses import strict
+
+from hf_tts.configuration_utils import FlowMatchingTTSConfig
+
+# Upstream's src/f5_tts/configs/*.yaml `model.arch` blocks (dim_head 64, dropout 0.1 everywhere).
+F5_PRESETS: dict[str, dict] = {
+    "F5TTS_v1_Base": dict(
+        dim=1024,
+        depth=22,
+        heads=16,
+        ff_mult=2,
+        text_dim=512,
+        conv_layers=4,
+        text_mask_padding=True,
+        qk_norm=None,
+        pe_attn_head=None,
+    ),
+    "F5TTS_Base": dict(
+        dim=1024,
+        depth=22,
+        heads=16,
+        ff_mult=2,
+        text_dim=512,
+        conv_layers=4,
+        text_mask_padding=False,
+        qk_norm=None,
+        pe_attn_head=1,
+    ),
+    "F5TTS_v1_Small": dict(
+        dim=768,
+        depth=18,
+        heads=12,
+        ff_mult=2,
+        text_dim=512,
+        conv_layers=4,
+        text_mask_padding=True,
+        qk_norm=None,
+        pe_attn_head=None,
+        tokenizer_type="char",
+    ),
+    "F5TTS_Small": dict(
+        dim=768,
+        depth=18,
+        heads=12,
+        ff_mult=2,
+        text_dim=512,
+        conv_layers=4,
+        text_mask_padding=False,
+        qk_norm=None,
+        pe_attn_head=1,
+    ),
+}
+
+
+@strict
+class F5TTSConfig(FlowMatchingTTSConfig):
+    r"""Configuration of [`F5TTSModel`].
+
+    Defaults are F5TTS_v1_Base; `F5TTSConfig.from_preset("F5TTS_Base")` gives the v0 model (same weights layout,
+    different `text_mask_padding` / `pe_attn_head`, so the two are never interchangeable).
+    `long_skip_connection` adds upstream's optional Linear(2*dim, dim) skip from the input embedding to the output.
+    """
+
+    model_type = "hf_tts_f5"
+    presets: ClassVar[dict[str, dict]] = F5_PRESETS
+
+    architecture: str = "F5TTS_v1_Base"
+    text_dim: int | None = 512
+    conv_layers: int = 4
+    long_skip_connection: bool = False
+
+
+__all__ = ["F5TTSConfig", "F5_PRESETS"]

@@ -1,0 +1,1 @@
+"""vocos model family."""
