@@ -9,7 +9,38 @@ __version__ = "0.1.0"
 from hf_tts import registration as _registration
 from hf_tts.configuration_utils import HfTtsConfig
 from hf_tts.errors import CheckpointMismatchError, InputError
+from hf_tts.models.cfg_motion import CFGMotionConfig, CFGMotionModel
+from hf_tts.models.e2 import E2TTSConfig, E2TTSModel
+from hf_tts.models.f5 import F5TTSConfig, F5TTSModel
+from hf_tts.models.vocos import VocosConfig, VocosModel
+from hf_tts.pipelines import ZeroShotTextToSpeechPipeline
+from hf_tts.processing import F5FeatureExtractor, F5Processor
+from hf_tts.synthesis import SpeechOutput
+from hf_tts.tokenization_f5 import F5Tokenizer
+
+# Bound after the subpackage import on purpose: `hf_tts.merge(...)` is the merge function, while
+# `from hf_tts.merge import ...` still reaches the subpackage through sys.modules.
+from hf_tts.merge import merge
 
 _registration.register_all()
 
-__all__ = ["CheckpointMismatchError", "HfTtsConfig", "InputError", "__version__"]
+__all__ = [
+    "CFGMotionConfig",
+    "CFGMotionModel",
+    "CheckpointMismatchError",
+    "E2TTSConfig",
+    "E2TTSModel",
+    "F5TTSConfig",
+    "F5TTSModel",
+    "F5FeatureExtractor",
+    "F5Processor",
+    "F5Tokenizer",
+    "HfTtsConfig",
+    "InputError",
+    "SpeechOutput",
+    "VocosConfig",
+    "VocosModel",
+    "ZeroShotTextToSpeechPipeline",
+    "__version__",
+    "merge",
+]

@@ -10,12 +10,11 @@ It carries the flags that decide behaviour across families:
 Subclasses are `@strict` dataclasses: field types are checked at construction and `validate_*` methods run.
 """
 
-from __future__ import annotations
-
 from typing import ClassVar
 
 from huggingface_hub.dataclasses import strict
-from transformers import PreTrainedConfig
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
 
 
 @strict
@@ -52,6 +51,7 @@ class FlowMatchingTTSConfig(HfTtsConfig):
     exists (`n_mel_channels` is `mel_dim`, `target_sample_rate` is `sampling_rate`)."""
 
     model_type = "hf_tts_flow_matching"
+    sub_configs_defaults = {"vocoder_config": SubConfigSpec(AutoConfig, model_type="hf_tts_vocos", optional=True)}
     # Presets: name -> field overrides (upstream's exact `model.arch` values). Filled in by each subclass.
     presets: ClassVar[dict[str, dict]] = {}
 
@@ -90,6 +90,8 @@ class FlowMatchingTTSConfig(HfTtsConfig):
     sway_sampling_coef: float | None = -1.0
     ode_method: str = "euler"
     use_epss: bool = True
+    # The vocoder the folder carries (a VocosConfig), so one repo id gives speech; None: mel only.
+    vocoder_config: dict | PreTrainedConfig | None = None
 
     def validate_flow_matching(self) -> None:
         self._require_positive(

@@ -27,3 +27,29 @@ def upstream_fixture(name: str) -> Path:
 @pytest.fixture
 def fixtures_dir() -> Path:
     return upstream_fixture("")
+
+
+@pytest.fixture
+def local_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The package's registry (`hf_tts.hub.server`) on a free loopback port, with huggingface_hub and transformers
+    pointed at it, a private HF cache and no saved token. huggingface_hub reads HF_ENDPOINT at import (done above),
+    so its module constants are patched; the env vars are set too, for `hf-tts` subprocesses."""
+    import transformers.utils.hub as transformers_hub
+    from huggingface_hub import constants, hf_api
+
+    from hf_tts.hub.server import LocalHubServer
+
+    server = LocalHubServer(tmp_path / "registry").serve_in_thread()
+    monkeypatch.setattr(constants, "ENDPOINT", server.url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-home" / "hub"))
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "hf-home" / "token"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf_api.api, "endpoint", server.url)
+    monkeypatch.setattr(transformers_hub, "_hf_api", None)  # transformers caches an HfApi with the old endpoint
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    yield server
+    server.stop()

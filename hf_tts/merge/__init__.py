@@ -1,1 +1,195 @@
-"""Streaming checkpoint merge: plan (validate) -> stream (compute) -> write."""
+"""Streaming checkpoint merge: plan (validate) -> stream (compute) -> write.
+
+`merge(sources, weights, method, out_dir, ...)` is the Python entry point (`hf-tts merge` calls it): it validates
+every source from headers, streams one tensor at a time into the output shards inside a temporary folder, writes
+config, tokenizer, recipe and model card, renames the folder into place and optionally pushes it in one commit.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from hf_tts.errors import InputError
+from hf_tts.file_utils import atomic_output_dir, sha256_file
+from hf_tts.merge.plan import LayerRule, MergePlan, MergeRecipe, build_plan
+from hf_tts.merge.stream import DistanceStats
+
+METHOD_LINKS = {
+    "linear": "[linear](https://arxiv.org/abs/2203.05482) (model soup)",
+    "slerp": "[SLERP](https://en.wikipedia.org/wiki/Slerp)",
+    "task_arithmetic": "[task arithmetic](https://arxiv.org/abs/2212.04089)",
+    "ties": "[TIES](https://arxiv.org/abs/2306.01708)",
+}
+
+
+@dataclass
+class MergeReport:
+    """What a merge did: the plan, each input file's sha256, the per-block distances and the bytes written."""
+
+    plan: MergePlan
+    input_sha256: dict[str, dict[str, str]] = field(default_factory=dict)  # source spec -> file name -> sha256
+    distances: dict[str, list[float]] = field(default_factory=dict)  # block -> cosine distance of each source
+    bytes_written: int = 0
+    seconds: float = 0.0
+    commit_url: str | None = None
+
+    def summary(self) -> str:
+        lines = [self.plan.describe(), f"wrote {self.bytes_written / 1e6:.1f} MB in {self.seconds:.1f} s"]
+        if self.commit_url:
+            lines.append(f"pushed: {self.commit_url}")
+        return "\n".join(lines)
+
+
+class MergeResult(NamedTuple):
+    path: Path | None  # None for a dry run
+    report: MergeReport
+
+
+def _card_sources(plan: MergePlan, hashes: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
+    rows = []
+    for index, (source, weight) in enumerate(zip(plan.sources, plan.recipe.weights)):
+        rows.append({"index": index + 1, "source": source, "weight": weight, "sha256": hashes[source.spec]})
+    if plan.base is not None:
+        rows.append({"index": "base", "source": plan.base, "weight": None, "sha256": hashes[plan.base.spec]})
+    return rows
+
+
+def _write_card(plan: MergePlan, folder: Path, model_id: str, report: MergeReport, recipe_yaml: str) -> None:
+    from hf_tts.hub.cards import render_model_card
+    from hf_tts.merge.write import PLOT_NAME
+
+    config = None
+    if plan.layout == "safetensors":
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(folder)
+    hub_ids = sorted({source.hub_id for source in plan.inputs() if source.hub_id})
+    card = render_model_card(
+        kind="merge",
+        config=config,
+        base_model=hub_ids or None,
+        base_model_relation="merge" if hub_ids else None,
+        model_id=model_id,
+        extra_context={
+            "merge": plan.recipe,
+            "method_link": METHOD_LINKS[plan.recipe.method],
+            "layout": plan.layout,
+            "family": plan.family,
+            "merge_sources": _card_sources(plan, report.input_sha256),
+            "recipe_yaml": recipe_yaml,
+            "plot_name": PLOT_NAME,
+            "distances": report.distances,
+            "tensor_count": len(plan.tasks),
+            "copied_buffers": [task.key for task in plan.tasks if not task.merged],
+        },
+    )
+    if plan.layout == "xtts":
+        card.data.tags = [*(card.data.tags or []), "xtts"]
+    (folder / "README.md").write_text(str(card), encoding="utf-8")
+
+
+def merge(
+    sources: Sequence[str | os.PathLike] | None = None,
+    weights: Sequence[float] | None = None,
+    method: str = "linear",
+    out_dir: str | os.PathLike | None = None,
+    *,
+    base: str | os.PathLike | None = None,
+    normalize: bool | None = None,
+    layer_weights: Sequence[str | LayerRule] = (),
+    dtype: str | None = None,
+    source: str = "ema",
+    arch: str | None = None,
+    vocab: str | os.PathLike | None = None,
+    config_from: str | os.PathLike | None = None,
+    max_shard_size: str | int = "5GB",
+    scale: float = 1.0,
+    density: float = 1.0,
+    allow_config_mismatch: bool = False,
+    recipe: str | os.PathLike | MergeRecipe | None = None,
+    dry_run: bool = False,
+    overwrite: bool = False,
+    push_to_hub: str | None = None,
+    private: bool = False,
+    token: str | None = None,
+    trust_pickle: bool = False,
+) -> MergeResult:
+    """Merge checkpoints of one model into `out_dir`; returns `(path, report)`.
+
+    `sources` are package folders, Hub repo ids, upstream F5/E2 checkpoint files (with `arch`/`vocab`) or XTTS-v2
+    checkpoints; `weights` one per source (default: equal). `method` is linear, slerp (two sources, t = w2/(w1+w2)),
+    task_arithmetic or ties (both need `base`; `scale` is their lambda, `density` TIES' kept fraction).
+    `layer_weights` are `"REGEX=W1,W2,..."` rules (first match wins) overriding `weights` per tensor. `recipe` (a
+    YAML path or a `MergeRecipe`) replaces all the merge-defining arguments. `dry_run` validates and returns the
+    plan without writing. Nothing is left behind on error; an existing `out_dir` needs `overwrite=True`.
+    """
+    if recipe is not None:
+        if sources:
+            raise InputError("give either a recipe or sources, not both (the recipe lists its sources)")
+        merge_recipe = recipe if isinstance(recipe, MergeRecipe) else MergeRecipe.from_yaml(recipe)
+    else:
+        if not sources:
+            raise InputError("no sources given: pass at least two checkpoints (or a recipe)")
+        merge_recipe = MergeRecipe(
+            models=[str(path) for path in sources],
+            weights=None if weights is None else [float(weight) for weight in weights],
+            method=method,
+            base=None if base is None else str(base),
+            normalize=normalize,
+            scale=scale,
+            density=density,
+            layer_weights=[rule if isinstance(rule, LayerRule) else LayerRule.parse(rule) for rule in layer_weights],
+            dtype=dtype,
+            source=source,
+            arch=arch,
+            vocab=None if vocab is None else str(vocab),
+            config_from=None if config_from is None else str(config_from),
+            max_shard_size=max_shard_size,
+            allow_config_mismatch=allow_config_mismatch,
+        )
+    plan = build_plan(merge_recipe, trust_pickle=trust_pickle, token=token)
+    report = MergeReport(plan)
+    if dry_run:
+        return MergeResult(None, report)
+    if out_dir is None:
+        raise InputError("no output folder: pass out_dir (--out)")
+    from hf_tts.merge import write
+
+    started = time.perf_counter()
+    files = {source.spec: source.files for source in plan.inputs()}
+    # Hashing runs beside the merge (hashlib releases the GIL), so provenance costs no extra wall time.
+    with ThreadPoolExecutor(max_workers=1) as pool, atomic_output_dir(out_dir, overwrite=overwrite) as staging:
+        hashes = {spec: {path.name: pool.submit(sha256_file, path) for path in paths} for spec, paths in files.items()}
+        stats = DistanceStats(len(plan.sources))
+        if plan.layout == "xtts":
+            written = [write.write_xtts_weights(plan, staging, stats)]
+        else:
+            written = write.write_weight_shards(plan, staging, stats, plan.shards)
+        write.copy_companion_files(plan, staging)
+        report.bytes_written = sum(path.stat().st_size for path in written)
+        report.distances = stats.distances()
+        report.input_sha256 = {spec: {name: f.result() for name, f in named.items()} for spec, named in hashes.items()}
+        recipe_yaml = plan.recipe.to_yaml()
+        (staging / write.RECIPE_NAME).write_text(recipe_yaml, encoding="utf-8")
+        labels = [f"{index + 1}: {Path(s.spec).name or s.spec}" for index, s in enumerate(plan.sources)]
+        write.plot_distances(report.distances, labels, staging / write.PLOT_NAME)
+        _write_card(plan, staging, f"./{Path(out_dir).absolute().name}", report, recipe_yaml)
+    report.seconds = time.perf_counter() - started
+    path = Path(out_dir)
+    if push_to_hub:
+        from hf_tts.hub.push import push_folder
+
+        commit = push_folder(
+            path, push_to_hub, private=private, token=token, commit_message=f"Merge ({plan.recipe.method}) with hf_tts"
+        )
+        report.commit_url = str(commit)
+    return MergeResult(path, report)
+
+
+__all__ = ["LayerRule", "MergeRecipe", "MergeReport", "MergeResult", "merge"]

@@ -1,7 +1,5 @@
 """E2-TTS configuration: flat U-Net transformer (UNetT, long skip connections, RMSNorm) + flow matching."""
 
-from __future__ import annotations
-
 from typing import ClassVar
 
 from huggingface_hub.dataclasses import strict

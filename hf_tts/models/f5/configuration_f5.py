@@ -1,7 +1,5 @@
 """F5-TTS configuration: DiT backbone (ConvNeXt text encoder, adaLN-Zero blocks) + flow matching."""
 
-from __future__ import annotations
-
 from typing import ClassVar
 
 from huggingface_hub.dataclasses import strict

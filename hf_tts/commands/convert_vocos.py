@@ -1,0 +1,27 @@
+"""`hf-tts convert vocos SRC_DIR --out DIR`: an upstream Vocos folder -> a `VocosModel` folder."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(families: argparse._SubParsersAction) -> None:
+    parser = families.add_parser(
+        "vocos",
+        help="convert an upstream Vocos folder (config.yaml + pytorch_model.bin, e.g. charactr/vocos-mel-24khz)",
+        description="Convert an upstream Vocos vocoder folder (config.yaml + pytorch_model.bin) into a "
+        "transformers folder (config.json + model.safetensors) loadable with AutoModel after `import hf_tts`.",
+    )
+    parser.add_argument("src_dir", metavar="SRC_DIR", help="folder with upstream config.yaml and pytorch_model.bin")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (must not exist)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from hf_tts.convert.vocos import convert_vocos_checkpoint
+
+    model = convert_vocos_checkpoint(args.src_dir, args.out, overwrite=args.overwrite)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"wrote {args.out} (Vocos, {params:,} parameters, {model.config.sampling_rate} Hz)")
+    return 0

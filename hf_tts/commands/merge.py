@@ -1,0 +1,111 @@
+"""`hf-tts merge SRC SRC [...] --weights W W [...] --out DIR`: streaming checkpoint merge (see hf_tts.merge)."""
+
+from __future__ import annotations
+
+import argparse
+
+from hf_tts.merge.methods import METHODS
+from hf_tts.merge.plan import OUTPUT_DTYPES
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "merge",
+        help="average checkpoints of one model (streaming, validated, with a generated model card)",
+        description=(
+            "Merge package model folders, Hub repo ids, upstream F5/E2 checkpoints or XTTS-v2 checkpoints. Every "
+            "source is validated from its headers before anything is written; tensors are merged one at a time."
+        ),
+    )
+    parser.add_argument("sources", nargs="*", metavar="SRC", help="model folder, Hub repo id or checkpoint file")
+    parser.add_argument("--weights", nargs="+", type=float, metavar="W", help="one weight per source (default: equal)")
+    parser.add_argument("--out", help="output folder (written atomically)")
+    parser.add_argument("--method", choices=METHODS, default="linear")
+    parser.add_argument("--base", metavar="SRC", help="base model for task_arithmetic / ties")
+    parser.add_argument(
+        "--normalize",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="divide by the sum of the weights (default: on for linear and ties, off for task_arithmetic)",
+    )
+    parser.add_argument(
+        "--lambda", dest="scale", type=float, default=1.0, help="task vector scale (task_arithmetic, ties)"
+    )
+    parser.add_argument("--density", type=float, default=1.0, help="ties: fraction of each task vector kept")
+    parser.add_argument(
+        "--layer-weights",
+        action="append",
+        default=[],
+        metavar="REGEX=W1,W2,...",
+        help="per-source weights for tensors whose name matches REGEX (repeatable; the first match wins)",
+    )
+    parser.add_argument("--dtype", choices=sorted(OUTPUT_DTYPES), help="output dtype (default: the inputs')")
+    parser.add_argument(
+        "--source", choices=("ema", "online"), default="ema", help="weights of upstream training checkpoints"
+    )
+    parser.add_argument("--arch", help="upstream F5/E2 sources: preset name or arch file")
+    parser.add_argument("--vocab", help="upstream F5/E2 sources: vocab.txt")
+    parser.add_argument(
+        "--config-from", metavar="SRC", help="take config and tokenizer from SRC (default: the first source)"
+    )
+    parser.add_argument("--max-shard-size", default="5GB", help="largest output shard, e.g. 5GB or 500MB (bytes)")
+    parser.add_argument(
+        "--allow-config-mismatch",
+        action="store_true",
+        help="merge sources whose configs differ although their weights line up (e.g. F5 v0 and v1); risky",
+    )
+    parser.add_argument(
+        "--recipe", metavar="FILE.yaml", help="YAML recipe defining the whole merge (see merge_recipe.yaml)"
+    )
+    parser.add_argument("--dry-run", action="store_true", help="validate and print the plan; write nothing")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the result (folder and card, one commit)")
+    parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    parser.add_argument("--token", help="Hub token (default: the logged-in one)")
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow .pt/.pth files that need full unpickling (runs code from the file; only for trusted files)",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from hf_tts.errors import InputError
+    from hf_tts.merge import merge
+
+    if args.recipe and args.sources:
+        raise InputError("give either --recipe or sources, not both (the recipe lists its sources)")
+    if not args.recipe and len(args.sources) < 1:
+        raise InputError("no sources: give at least two SRC arguments, or --recipe FILE.yaml")
+    if not args.dry_run and not args.out:
+        raise InputError("--out DIR is required (or use --dry-run)")
+    path, report = merge(
+        args.sources or None,
+        args.weights,
+        args.method,
+        args.out,
+        base=args.base,
+        normalize=args.normalize,
+        layer_weights=args.layer_weights,
+        dtype=args.dtype,
+        source=args.source,
+        arch=args.arch,
+        vocab=args.vocab,
+        config_from=args.config_from,
+        max_shard_size=args.max_shard_size,
+        scale=args.scale,
+        density=args.density,
+        allow_config_mismatch=args.allow_config_mismatch,
+        recipe=args.recipe,
+        dry_run=args.dry_run,
+        overwrite=args.overwrite,
+        push_to_hub=args.push_to_hub,
+        private=args.private,
+        token=args.token,
+        trust_pickle=args.trust_pickle,
+    )
+    print(report.summary() if path is not None else report.plan.describe())
+    if path is not None:
+        print(f"merged model written to {path}")
+    return 0

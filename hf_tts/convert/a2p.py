@@ -1,0 +1,185 @@
+"""Reader of audio2photoreal diffusion checkpoints (`checkpoints/diffusion/<name>/{args.json, model*.pt}`).
+
+The `.pt` file is a bare `state_dict` of upstream's `FiLMTransformer`. It includes:
+- the shared rotary `freqs` buffer duplicated under every layer: folded into the model's single non-persistent
+  buffer after checking that every copy holds the standard frequencies;
+- the frozen fairseq audio encoder (`audio_model.*`) and, for the face model, the lip regressor (`lip_model.*`),
+  plus the guide transformer / VQ tokenizer (`transformer.*`, `tokenizer.*`) when present: not ported (the model
+  takes precomputed `cond_features`); their keys are reported and dropped.
+Sizes come from the weights themselves; `args.json` supplies what the weights cannot say (`heads`, the data format,
+the noise schedule and velocity-loss weight).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from hf_tts.errors import CheckpointMismatchError, InputError
+from hf_tts.file_utils import atomic_output_dir, load_torch_checkpoint
+from hf_tts.layers.film import rotary_frequencies
+from hf_tts.models.cfg_motion.configuration_cfg_motion import CFGMotionConfig
+from hf_tts.models.cfg_motion.modeling_cfg_motion import CFGMotionModel
+
+# Upstream submodules that are not part of the denoiser (frozen encoders, guide-pose predictor).
+DROPPED_PREFIXES = ("audio_model.", "lip_model.", "transformer.", "tokenizer.")
+DATA_FORMATS = {"pose": "body", "face": "face"}
+
+# Upstream key (regex) -> key under `denoiser.`; applied in order, first match wins.
+KEY_MAP: list[tuple[str, str]] = [
+    (r"^time_mlp\.1\.", "time_mlp."),
+    (r"^to_time_cond\.0\.", "to_time_cond."),
+    (r"^to_time_tokens\.0\.", "to_time_tokens."),
+    (r"^null_pose_embed$", "null_keyframe_embed"),
+    (r"^frame_cond_projection\.", "keyframe_projection."),
+    (r"^frame_norm_cond\.", "keyframe_norm."),
+    (r"^non_attn_cond_projection\.", "pooled_cond_projection."),
+    (r"^post_pose_layers\.", "post_convs."),
+    (r"^seqTransDecoder\.stack\.(\d+)\.multihead_attn2\.", r"decoder_layers.\1.keyframe_attn."),
+    (r"^seqTransDecoder\.stack\.(\d+)\.multihead_attn\.", r"decoder_layers.\1.cross_attn."),
+    (r"^seqTransDecoder\.stack\.(\d+)\.norm2a\.", r"decoder_layers.\1.norm_keyframe."),
+    (r"^seqTransDecoder\.stack\.(\d+)\.film2a\.block\.1\.", r"decoder_layers.\1.film_keyframe.linear."),
+    (r"^seqTransDecoder\.stack\.(\d+)\.film(\d)\.block\.1\.", r"decoder_layers.\1.film\2.linear."),
+    (r"^seqTransDecoder\.stack\.", "decoder_layers."),
+]
+ROTARY_KEY = re.compile(r"(^|\.)rotary\.freqs$")
+
+
+@dataclass
+class A2PCheckpoint:
+    config: CFGMotionConfig
+    state_dict: dict[str, torch.Tensor]
+    source_file: Path
+    dropped_keys: list[str] = field(default_factory=list)
+    folded_rotary_keys: list[str] = field(default_factory=list)
+
+
+def find_checkpoint(source_dir: Path) -> Path:
+    """The newest `model<steps>.pt` in an upstream model folder."""
+    candidates = sorted(source_dir.glob("model*.pt"), key=lambda path: int(re.sub(r"\D", "", path.stem) or -1))
+    if not candidates:
+        raise InputError(f"{source_dir} holds no model*.pt checkpoint (expected upstream's model<steps>.pt)")
+    return candidates[-1]
+
+
+def rename_key(key: str) -> str:
+    for pattern, replacement in KEY_MAP:
+        if re.search(pattern, key):
+            return "denoiser." + re.sub(pattern, replacement, key)
+    return "denoiser." + key
+
+
+def _require(state_dict: dict[str, torch.Tensor], key: str, source: Path) -> torch.Tensor:
+    if key not in state_dict:
+        raise CheckpointMismatchError(f"{source}: key {key!r} is missing; this is not an audio2photoreal FiLMTransformer")
+    return state_dict[key]
+
+
+def config_from_upstream(args: dict, state_dict: dict[str, torch.Tensor], source: Path) -> CFGMotionConfig:
+    data_format = args.get("data_format")
+    if data_format not in DATA_FORMATS:
+        raise InputError(f"{source.parent / 'args.json'}: data_format must be 'pose' or 'face', got {data_format!r}")
+    if "heads" not in args:
+        raise InputError(f"{source.parent / 'args.json'} has no 'heads' (the attention head count cannot be inferred)")
+    if args.get("not_rotary"):
+        raise InputError("args.json has not_rotary=true: only the rotary variant (upstream's default) is supported")
+    latent_dim, nfeats = _require(state_dict, "input_projection.weight", source).shape
+    layers = {int(m.group(1)) for key in state_dict if (m := re.match(r"seqTransDecoder\.stack\.(\d+)\.", key))}
+    cond_layers = {int(m.group(1)) for key in state_dict if (m := re.match(r"cond_encoder\.(\d+)\.", key))}
+    fields = dict(
+        architecture=DATA_FORMATS[data_format],
+        nfeats=int(nfeats),
+        latent_dim=int(latent_dim),
+        ff_size=int(_require(state_dict, "seqTransDecoder.stack.0.linear1.weight", source).shape[0]),
+        layers=len(layers),
+        heads=int(args["heads"]),
+        cond_feature_dim=int(_require(state_dict, "cond_projection.weight", source).shape[1]),
+        cond_encoder_layers=len(cond_layers),
+        use_keyframes="null_pose_embed" in state_dict,
+        post_conv="final_conv.weight" in state_dict,
+        max_cond_len=int(_require(state_dict, "null_cond_embed", source).shape[1]),
+        noise_schedule=args.get("noise_schedule", "cosine"),
+        lambda_vel=float(args.get("lambda_vel") or 0.0),
+    )
+    if "null_pose_embed" in state_dict:
+        fields["max_keyframes"] = int(state_dict["null_pose_embed"].shape[1])
+    if args.get("cond_mask_prob") is not None:
+        fields["cond_drop_prob"] = float(args["cond_mask_prob"])
+    try:
+        return CFGMotionConfig(**fields)
+    except Exception as error:
+        raise CheckpointMismatchError(f"{source}: the weights do not form a valid CFG motion config: {error}") from error
+
+
+def read_a2p_checkpoint(source_dir: str | Path) -> A2PCheckpoint:
+    """Read an upstream audio2photoreal diffusion folder into a config and a state dict for `CFGMotionModel`."""
+    source_dir = Path(source_dir)
+    if not source_dir.is_dir():
+        raise InputError(f"{source_dir} is not a folder (expected upstream's checkpoints/diffusion/<name>/)")
+    args_path = source_dir / "args.json"
+    if not args_path.is_file():
+        raise InputError(f"{source_dir} has no args.json (upstream writes it next to model*.pt)")
+    try:
+        args = json.loads(args_path.read_text())
+    except json.JSONDecodeError as error:
+        raise InputError(f"{args_path} is not valid JSON: {error}") from error
+    source = find_checkpoint(source_dir)
+    upstream = load_torch_checkpoint(source)
+    if not isinstance(upstream, dict) or not all(isinstance(v, torch.Tensor) for v in upstream.values()):
+        raise CheckpointMismatchError(f"{source} is not a bare state_dict (upstream saves model.state_dict())")
+    config = config_from_upstream(args, upstream, source)
+
+    expected_freqs = rotary_frequencies(config.latent_dim)
+    state_dict, dropped, folded = {}, [], []
+    for key, tensor in upstream.items():
+        if key.startswith(DROPPED_PREFIXES):
+            dropped.append(key)
+        elif ROTARY_KEY.search(key):
+            if tensor.shape != expected_freqs.shape or not torch.allclose(tensor.float(), expected_freqs):
+                raise CheckpointMismatchError(
+                    f"{source}: {key} does not hold the standard rotary frequencies 1/10000^(2i/{config.latent_dim})"
+                )
+            folded.append(key)
+        else:
+            state_dict[rename_key(key)] = tensor.float().contiguous()
+    return A2PCheckpoint(config, state_dict, source, dropped, folded)
+
+
+def load_upstream_a2p(source_dir: str | Path) -> tuple[CFGMotionModel, A2PCheckpoint]:
+    """Build a `CFGMotionModel` (eval mode) holding an upstream checkpoint's weights; every key must match."""
+    checkpoint = read_a2p_checkpoint(source_dir)
+    model = CFGMotionModel(checkpoint.config)
+    missing, unexpected = model.load_state_dict(checkpoint.state_dict, strict=False)
+    if missing or unexpected:
+        raise CheckpointMismatchError(
+            f"{checkpoint.source_file}: weights do not fit the {checkpoint.config.architecture!r} model "
+            f"(missing: {missing[:5]}, unexpected: {unexpected[:5]})"
+        )
+    return model.eval(), checkpoint
+
+
+def convert_a2p_checkpoint(
+    source_dir: str | Path, out_dir: str | Path, *, overwrite: bool = False
+) -> tuple[CFGMotionModel, A2PCheckpoint]:
+    """Convert an upstream audio2photoreal diffusion folder into a `save_pretrained` folder (written atomically,
+    with a model card naming the source checkpoint)."""
+    from hf_tts.hub.cards import write_model_card
+
+    model, checkpoint = load_upstream_a2p(source_dir)
+    with atomic_output_dir(out_dir, overwrite=overwrite) as staging:
+        model.save_pretrained(staging)
+        write_model_card(
+            staging,
+            kind="cfg_motion",
+            config=model.config,
+            sources=[checkpoint.source_file],
+            model_id=f"./{Path(out_dir).absolute().name}",
+        )
+    return model, checkpoint
+
+
+__all__ = ["A2PCheckpoint", "convert_a2p_checkpoint", "load_upstream_a2p", "read_a2p_checkpoint", "rename_key"]

@@ -1,0 +1,281 @@
+"""Upstream F5-TTS / E2-TTS checkpoints -> `save_pretrained` folders of `F5TTSModel` / `E2TTSModel`.
+
+Upstream layouts read here (SWivid/F5-TTS):
+- released `.safetensors`: the EMA state dict, `ema_model.transformer.*` plus `initted` and `step`;
+- training `.pt`: `{"model_state_dict", "ema_model_state_dict", "optimizer_state_dict", "update"|"step", ...}`;
+- pruned files: the raw EMA (or online) state dict as `.safetensors`, or `{"ema_model_state_dict": ...}` as `.pt`.
+Keys are upstream's with `transformer.` renamed `backbone.`; `ema_model.` is stripped; the EMA bookkeeping and the
+mel buffers of old checkpoints are dropped, and so is `rotary_embed.inv_freq` (the model recomputes it) after checking
+it holds the standard frequencies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from huggingface_hub.errors import StrictDataclassError
+from transformers.utils import logging
+
+from hf_tts.errors import CheckpointMismatchError, InputError
+from hf_tts.file_utils import atomic_output_dir, load_torch_checkpoint
+from hf_tts.models.checkpoint_check import check_weight_shapes, expected_state_shapes, summarize_weights
+from hf_tts.models.e2.configuration_e2 import E2TTSConfig
+from hf_tts.models.f5.configuration_f5 import F5TTSConfig
+
+logger = logging.get_logger(__name__)
+
+FlowMatchingConfig = F5TTSConfig | E2TTSConfig
+
+BACKBONE_CONFIGS: dict[str, type[FlowMatchingConfig]] = {"DiT": F5TTSConfig, "UNetT": E2TTSConfig}
+# Upstream bookkeeping that is not model weights.
+_NON_WEIGHT_KEYS = {"initted", "step", "update"}
+# Upstream `model.arch` keys that only pick a runtime kernel or training trick, not the weights or the maths.
+_RUNTIME_ARCH_KEYS = {"attn_backend", "checkpoint_activations"}
+# Upstream `model.mel_spec` key -> config field.
+_MEL_SPEC_FIELDS = {
+    "target_sample_rate": "sampling_rate",
+    "n_mel_channels": "mel_dim",
+    "hop_length": "hop_length",
+    "win_length": "win_length",
+    "n_fft": "n_fft",
+    "mel_spec_type": "mel_spec_type",
+}
+# Upstream `model.tokenizer` -> tokenizer_type ("custom" is a vocab path given separately, used with pinyin).
+_TOKENIZERS = {"pinyin": "pinyin", "char": "char", "custom": "pinyin"}
+
+
+def model_class_for(config: FlowMatchingConfig) -> type[torch.nn.Module]:
+    """`F5TTSModel` or `E2TTSModel` for a config (imported late: the models import nothing from here)."""
+    if isinstance(config, E2TTSConfig):
+        from hf_tts.models.e2.modeling_e2 import E2TTSModel
+
+        return E2TTSModel
+    from hf_tts.models.f5.modeling_f5 import F5TTSModel
+
+    return F5TTSModel
+
+
+def detect_family(state_dict_or_shapes: dict) -> str | None:
+    """ "F5" (DiT), "E2" (UNetT) or None, from backbone weights (tensors or shapes; `backbone.`/`transformer.` keys)."""
+    shapes = {key: tuple(getattr(value, "shape", value)) for key, value in state_dict_or_shapes.items()}
+    return {"hf_tts_f5": "F5", "hf_tts_e2": "E2"}.get(summarize_weights(shapes).model_type)
+
+
+def _config_from_upstream_model_block(block: dict, source: Path, name: str | None) -> FlowMatchingConfig:
+    """Config from upstream's YAML `model:` block (or the fixtures' arch.json, which has the same keys)."""
+    if not isinstance(block, dict) or "backbone" not in block or not isinstance(block.get("arch"), dict):
+        raise InputError(
+            f"arch file {source} has no upstream model block: expected `backbone` (DiT or UNetT) and an `arch` "
+            "mapping (a YAML under `model:` as in upstream's src/f5_tts/configs, or a JSON with the same keys)"
+        )
+    backbone = block["backbone"]
+    if backbone not in BACKBONE_CONFIGS:
+        raise InputError(
+            f"arch file {source}: backbone {backbone!r} is not supported; supported: {', '.join(BACKBONE_CONFIGS)}"
+        )
+    config_class = BACKBONE_CONFIGS[backbone]
+    fields = {key: value for key, value in block["arch"].items() if key not in _RUNTIME_ARCH_KEYS}
+    if fields.pop("text_embedding_average_upsampling", False):
+        raise InputError(f"arch file {source}: text_embedding_average_upsampling is not supported")
+    mel_spec = block.get("mel_spec") or {}
+    for key, value in mel_spec.items():
+        if key not in _MEL_SPEC_FIELDS:
+            raise InputError(f"arch file {source}: unknown mel_spec key {key!r}; known: {', '.join(_MEL_SPEC_FIELDS)}")
+        field = _MEL_SPEC_FIELDS[key]
+        if field in fields and fields[field] != value:
+            raise InputError(f"arch file {source}: mel_spec.{key} = {value!r} but arch.{field} = {fields[field]!r}")
+        fields[field] = value
+    if "tokenizer" in block:
+        if block["tokenizer"] not in _TOKENIZERS:
+            raise InputError(
+                f"arch file {source}: tokenizer {block['tokenizer']!r} is not supported; "
+                f"supported: {', '.join(_TOKENIZERS)}"
+            )
+        fields["tokenizer_type"] = _TOKENIZERS[block["tokenizer"]]
+    known = set(config_class.__dataclass_fields__)
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise InputError(f"arch file {source}: unknown arch key(s) {', '.join(unknown)} for the {backbone} backbone")
+    if name is None:
+        # No variant name in the file: name it after the upstream variant its flags follow.
+        family = "E2TTS" if backbone == "UNetT" else "F5TTS_v1" if fields.get("text_mask_padding", True) else "F5TTS"
+        name = f"{family}_custom"
+    try:
+        return config_class(architecture=str(name), **fields)
+    except (TypeError, ValueError, StrictDataclassError) as error:
+        cause = error.__cause__ or error  # strict validation wraps the error that names the field
+        raise InputError(f"arch file {source}: {str(cause).strip().splitlines()[0]}") from error
+
+
+def resolve_arch(arch: str | os.PathLike, *, text_num_embeds: int | None = None) -> FlowMatchingConfig:
+    """The config of `arch`: a preset name ("F5TTS_v1_Base", "E2TTS_Base", ...), an upstream YAML config file (its
+    `model:` block) or a JSON with `backbone`/`arch`/`mel_spec` keys. `text_num_embeds` is the vocab size (upstream
+    injects it from the vocab); a file that states a different one is refused."""
+    presets = {**{name: F5TTSConfig for name in F5TTSConfig.presets}, **{n: E2TTSConfig for n in E2TTSConfig.presets}}
+    overrides = {} if text_num_embeds is None else {"text_num_embeds": text_num_embeds}
+    if str(arch) in presets:
+        return presets[str(arch)].from_preset(str(arch), **overrides)
+    path = Path(arch)
+    if not path.is_file():
+        raise InputError(
+            f"--arch {arch!r} is neither a preset ({', '.join(presets)}) nor an existing upstream YAML/JSON config"
+        )
+    try:
+        if path.suffix.lower() == ".json":
+            document = json.loads(path.read_text(encoding="utf-8"))
+        else:
+            import yaml
+
+            document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except Exception as error:  # json/yaml syntax errors, undecodable bytes (yaml.YAMLError has no common base)
+        raise InputError(f"arch file {path} could not be parsed: {str(error).strip().splitlines()[0]}") from error
+    if not isinstance(document, dict):
+        raise InputError(f"arch file {path} must hold a mapping, got {type(document).__name__}")
+    block = document.get("model", document)
+    config = _config_from_upstream_model_block(block, path, block.get("name") if isinstance(block, dict) else None)
+    if text_num_embeds is not None and "text_num_embeds" in block.get("arch", {}):
+        stated = block["arch"]["text_num_embeds"]
+        if stated != text_num_embeds:
+            raise CheckpointMismatchError(
+                f"arch file {path} says text_num_embeds {stated} but the vocab has {text_num_embeds} tokens; "
+                "use the vocab.txt the model was trained with"
+            )
+    if text_num_embeds is not None:
+        config.text_num_embeds = text_num_embeds
+    return config
+
+
+def _read_checkpoint(path: Path, use_online_weights: bool) -> dict[str, torch.Tensor]:
+    """The CFM-level state dict (`transformer.*`, maybe `mel_spec.*`) of an upstream file, EMA unless asked."""
+    if not path.is_file():
+        raise InputError(f"checkpoint {path} does not exist or is not a file")
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(path)
+        except (SafetensorError, OSError, ValueError) as error:
+            raise InputError(f"{path} is not a readable safetensors file: {error}") from error
+        if use_online_weights and any(key.startswith("ema_model.") for key in state):
+            raise InputError(
+                f"{path} holds only EMA weights (ema_model.*); --use-online-weights needs a training checkpoint "
+                "(.pt with model_state_dict)"
+            )
+        return state
+    checkpoint = load_torch_checkpoint(path)
+    if not isinstance(checkpoint, dict):
+        raise InputError(f"{path} holds a {type(checkpoint).__name__}, not an upstream checkpoint dict")
+    wanted, other = ("model_state_dict", "ema_model_state_dict")
+    if not use_online_weights:
+        wanted, other = other, wanted
+    if wanted in checkpoint:
+        return checkpoint[wanted]
+    if any(isinstance(value, torch.Tensor) for value in checkpoint.values()):
+        if use_online_weights and any(key.startswith("ema_model.") for key in checkpoint):
+            raise InputError(f"{path} holds only EMA weights (ema_model.*); drop --use-online-weights")
+        return checkpoint  # a raw state dict
+    hint = " (pass --use-online-weights to convert them)" if other == "model_state_dict" and other in checkpoint else ""
+    raise InputError(
+        f"{path} has no {wanted}; its top-level keys are {', '.join(sorted(map(str, checkpoint)))[:200]}{hint}"
+    )
+
+
+def _check_rotary_frequencies(key: str, inv_freq: torch.Tensor) -> None:
+    """Warn when a stored `inv_freq` is not upstream's 1/10000^(2i/d): the model always recomputes the standard
+    frequencies (upstream builds them the same way; the buffer is never trained), so only an edited file differs."""
+    dim_head = 2 * inv_freq.numel()
+    standard = 1.0 / (10000 ** (torch.arange(0, dim_head, 2, dtype=torch.float64) / dim_head))
+    # rtol 2e-3 admits checkpoints saved in fp16.
+    if not torch.allclose(inv_freq.double(), standard, rtol=2e-3, atol=0):
+        difference = (inv_freq.double() - standard).abs().max().item()
+        logger.warning(
+            f"{key} differs from the standard rotary frequencies 1/10000^(2i/{dim_head}) by up to {difference:.3g}; "
+            "the converted model uses the standard ones"
+        )
+
+
+def load_upstream_f5_state_dict(
+    checkpoint: str | os.PathLike, *, use_online_weights: bool = False
+) -> dict[str, torch.Tensor]:
+    """Read an upstream F5/E2 checkpoint (any layout above) as `F5TTSModel`/`E2TTSModel` keys (`backbone.*`).
+
+    The EMA weights are read unless `use_online_weights` (training `.pt` files only). Keys are not yet checked
+    against an architecture; see `check_weight_shapes`.
+    """
+    path = Path(checkpoint)
+    state = _read_checkpoint(path, use_online_weights)
+    if state and all(key.startswith("module.") for key in state):  # saved from a DistributedDataParallel wrapper
+        state = {key[len("module.") :]: value for key, value in state.items()}
+    converted: dict[str, torch.Tensor] = {}
+    unexpected: list[str] = []
+    for key, value in state.items():
+        name = key.removeprefix("ema_model.")
+        if name in _NON_WEIGHT_KEYS or name.startswith("mel_spec."):
+            continue
+        if not name.startswith("transformer."):
+            unexpected.append(key)
+            continue
+        if not isinstance(value, torch.Tensor):
+            raise InputError(f"{path}: {key} is a {type(value).__name__}, not a tensor")
+        if name == "transformer.rotary_embed.inv_freq":
+            _check_rotary_frequencies(key, value)
+            continue
+        converted["backbone." + name.removeprefix("transformer.")] = value
+    if unexpected:
+        raise InputError(
+            f"{path} has {len(unexpected)} key(s) outside upstream's CFM layout (e.g. {unexpected[0]!r}); "
+            "expected ema_model.transformer.* or transformer.* weights"
+        )
+    if not converted:
+        raise InputError(f"{path} holds no F5-TTS/E2-TTS weights (no transformer.* keys)")
+    return converted
+
+
+def convert_f5_checkpoint(
+    checkpoint: str | os.PathLike,
+    arch: str | os.PathLike,
+    vocab: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    use_online_weights: bool = False,
+    overwrite: bool = False,
+    vocoder: str | os.PathLike | None = None,
+) -> Path:
+    """Convert an upstream F5-TTS/E2-TTS checkpoint into a folder that `AutoModel.from_pretrained` and
+    `AutoTokenizer.from_pretrained` load. Every key and shape is checked against `arch` first; a mismatch raises a
+    one-line CheckpointMismatchError and nothing is written. `vocoder` (a Vocos folder, upstream or converted) is
+    attached and saved with the model, with its processor, so the folder alone gives speech. Returns the folder."""
+    from hf_tts.convert.vocos import load_vocos
+    from hf_tts.processing import F5FeatureExtractor, F5Processor
+    from hf_tts.tokenization_f5 import F5Tokenizer, read_vocab_file
+
+    vocos = load_vocos(vocoder) if vocoder is not None else None
+
+    vocab_tokens = read_vocab_file(vocab)  # checked before the (large) checkpoint is read
+    config = resolve_arch(arch, text_num_embeds=len(vocab_tokens))
+    # Entered first so an existing --out is refused before any reading; removed again on any error.
+    with atomic_output_dir(out_dir, overwrite=overwrite) as staging:
+        state = load_upstream_f5_state_dict(checkpoint, use_online_weights=use_online_weights)
+        model_class = model_class_for(config)
+        arch_label = f"--arch {arch}" if str(arch) == config.architecture else f"--arch {arch} ({config.architecture})"
+        check_weight_shapes(
+            {key: value.shape for key, value in state.items()},
+            expected_state_shapes(model_class, config),
+            config,
+            arch_label=arch_label,
+            vocab_label=str(vocab),
+        )
+        with torch.device("meta"):
+            model = model_class(config)
+        model.load_state_dict(state, strict=True, assign=True)
+        if vocos is not None:
+            model.attach_vocoder(vocos)
+        model.save_pretrained(staging)
+        tokenizer = F5Tokenizer(str(vocab), tokenizer_type=config.tokenizer_type)
+        extractor = F5FeatureExtractor(sampling_rate=config.sampling_rate, hop_length=config.hop_length)
+        F5Processor(extractor, tokenizer).save_pretrained(staging)
+    return Path(out_dir)

@@ -1,0 +1,80 @@
+"""Reader of GPT-SoVITS s2 (SoVITS) `.pth` exports: the semantic front end (`ssl_proj` + residual VQ) only.
+
+Files are `{"weight": state_dict, "config": hps, "info": ...}` (fine-tuned exports hold fp16 tensors); v2Pro /
+v2ProPlus / LoRA exports overwrite the zip magic `PK` with a 2-byte version tag, which is restored before loading.
+Keys read: `ssl_proj.{weight,bias}` and `quantizer.vq.layers.{i}._codebook.{inited,cluster_size,embed,embed_avg}`;
+everything else (text encoder, flow, decoder, ...) belongs to the synthesizer and is ignored. The quantizer's shape
+(ssl_dim, n_q, bins) and frame rate (kernel 2 = "25hz", 1 = "50hz") come from the weights.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from hf_tts.errors import CheckpointMismatchError, InputError
+from hf_tts.file_utils import load_torch_checkpoint
+from hf_tts.models.cfg_motion.configuration_cfg_motion import VoiceQuantizerConfig
+
+# Version tags GPT-SoVITS writes over the zip magic (process_ckpt.py): v2Pro, v2ProPlus, LoRA v3, LoRA v4.
+VERSION_HEADERS = (b"05", b"06", b"03", b"04")
+CODEBOOK_KEY = re.compile(r"^quantizer\.vq\.layers\.(\d+)\._codebook\.(inited|cluster_size|embed|embed_avg)$")
+
+
+def _load_export(path: Path) -> dict:
+    with open(path, "rb") as handle:
+        header = handle.read(2)
+    if header not in VERSION_HEADERS:
+        return load_torch_checkpoint(path)
+    # Restore the zip magic in a temporary copy; the user's file is never modified.
+    with tempfile.TemporaryDirectory() as scratch:
+        restored = Path(scratch) / path.name
+        shutil.copyfile(path, restored)
+        with open(restored, "r+b") as handle:
+            handle.write(b"PK")
+        return load_torch_checkpoint(restored)
+
+
+def read_sovits_quantizer(path: str | Path) -> tuple[VoiceQuantizerConfig, dict[str, torch.Tensor]]:
+    """(quantizer config, state dict for `VoiceQuantizer`) from a GPT-SoVITS s2 `.pth` export, in float32."""
+    path = Path(path)
+    checkpoint = _load_export(path)
+    weights = checkpoint.get("weight") if isinstance(checkpoint, dict) else None
+    if not isinstance(weights, dict):
+        raise CheckpointMismatchError(f"{path} has no 'weight' state dict (expected a GPT-SoVITS s2 export)")
+    for key in ("ssl_proj.weight", "ssl_proj.bias"):
+        if key not in weights:
+            raise CheckpointMismatchError(f"{path}: key {key!r} is missing; is this a GPT-SoVITS s2 (SoVITS) export?")
+    ssl_out, ssl_in, kernel = weights["ssl_proj.weight"].shape
+    if ssl_out != ssl_in or kernel not in (1, 2):
+        raise CheckpointMismatchError(
+            f"{path}: ssl_proj.weight has shape {(ssl_out, ssl_in, kernel)}; expected (D, D, 2) at 25 Hz or (D, D, 1)"
+        )
+    state_dict = {"ssl_proj.weight": weights["ssl_proj.weight"], "ssl_proj.bias": weights["ssl_proj.bias"]}
+    levels: dict[int, set[str]] = {}
+    for key, tensor in weights.items():
+        match = CODEBOOK_KEY.match(key)
+        if match:
+            level, buffer = int(match.group(1)), match.group(2)
+            levels.setdefault(level, set()).add(buffer)
+            state_dict[f"quantizer.layers.{level}.codebook.{buffer}"] = tensor
+    if sorted(levels) != list(range(len(levels))) or not levels:
+        raise CheckpointMismatchError(f"{path}: quantizer levels {sorted(levels)} are not 0..n_q-1")
+    for level, buffers in levels.items():
+        if buffers != {"inited", "cluster_size", "embed", "embed_avg"}:
+            missing = {"inited", "cluster_size", "embed", "embed_avg"} - buffers
+            raise CheckpointMismatchError(f"{path}: quantizer level {level} lacks {sorted(missing)}")
+    bins, dim = weights["quantizer.vq.layers.0._codebook.embed"].shape
+    if dim != ssl_out:
+        raise CheckpointMismatchError(f"{path}: codebook width {dim} differs from ssl_proj width {ssl_out}")
+    config = VoiceQuantizerConfig(
+        enabled=True, ssl_dim=int(ssl_out), n_q=len(levels), bins=int(bins), semantic_frame_rate=f"{50 // kernel}hz"
+    )
+    return config, {key: tensor.float().contiguous() for key, tensor in state_dict.items()}
+
+
+__all__ = ["read_sovits_quantizer"]

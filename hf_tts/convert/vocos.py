@@ -1,0 +1,168 @@
+"""Reader of upstream Vocos folders (`charactr/vocos-mel-24khz` layout: `config.yaml` + `pytorch_model.bin`).
+
+Upstream builds its modules from `config.yaml` class paths (`feature_extractor`, `backbone`, `head`, each with
+`init_args`); the state dict holds the weights plus three buffers (the STFT window, the mel filterbank, the ISTFT
+window) that `VocosModel` recomputes. Those buffers are checked against the recomputed ones, so a checkpoint built
+with other mel settings is refused instead of silently producing other audio.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import yaml
+
+from hf_tts.errors import CheckpointMismatchError, InputError
+from hf_tts.file_utils import atomic_output_dir, load_torch_checkpoint
+from hf_tts.models.vocos.configuration_vocos import VocosConfig
+from hf_tts.models.vocos.modeling_vocos import VocosModel
+
+UPSTREAM_CLASSES = {
+    "feature_extractor": "vocos.feature_extractors.MelSpectrogramFeatures",
+    "backbone": "vocos.models.VocosBackbone",
+    "head": "vocos.heads.ISTFTHead",
+}
+# Upstream buffers -> the buffer of VocosModel that recomputes them.
+RECOMPUTED_BUFFERS = {
+    "feature_extractor.mel_spec.spectrogram.window": "feature_extractor.mel.window",
+    "feature_extractor.mel_spec.mel_scale.fb": "feature_extractor.mel.mel_filters",
+    "head.istft.window": "head.istft.window",
+}
+# The filterbank is float32 from two different float64 derivations (torchaudio vs transformers.audio_utils).
+BUFFER_TOLERANCE = 1e-4
+
+
+def _read_yaml_config(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            raw = yaml.safe_load(handle)
+    except yaml.YAMLError as error:
+        raise InputError(f"{path} is not valid YAML: {error}") from error
+    if not isinstance(raw, dict):
+        raise InputError(f"{path} must be a mapping with feature_extractor / backbone / head entries")
+    sections = {}
+    for section, class_path in UPSTREAM_CLASSES.items():
+        entry = raw.get(section)
+        if not isinstance(entry, dict) or "class_path" not in entry:
+            raise InputError(f"{path}: missing the {section!r} entry (with class_path and init_args)")
+        if entry["class_path"] != class_path:
+            raise InputError(
+                f"{path}: {section}.class_path is {entry['class_path']!r}; only the mel Vocos ({class_path}) is "
+                "supported (EnCodec-feature and IMDCT variants are not)"
+            )
+        sections[section] = entry.get("init_args") or {}
+    return sections
+
+
+def vocos_config_from_yaml(path: str | os.PathLike) -> VocosConfig:
+    """Translate upstream's `config.yaml` into a `VocosConfig` (refusing variants the model does not implement)."""
+    path = Path(path)
+    sections = _read_yaml_config(path)
+    features, backbone, head = sections["feature_extractor"], sections["backbone"], sections["head"]
+    if backbone.get("adanorm_num_embeddings") is not None:
+        raise InputError(f"{path}: backbone.adanorm_num_embeddings is set (EnCodec-conditioned Vocos); not supported")
+    feature_stft = (features.get("n_fft", 1024), features.get("hop_length", 256))
+    head_stft = (head.get("n_fft"), head.get("hop_length"))
+    if feature_stft != head_stft:
+        raise InputError(
+            f"{path}: feature_extractor (n_fft, hop_length) {feature_stft} differs from the head's {head_stft}"
+        )
+    if features.get("n_mels", 100) != backbone.get("input_channels"):
+        raise InputError(
+            f"{path}: backbone.input_channels ({backbone.get('input_channels')}) must equal feature_extractor.n_mels "
+            f"({features.get('n_mels', 100)})"
+        )
+    try:
+        return VocosConfig(
+            sampling_rate=features.get("sample_rate", 24000),
+            n_mels=features.get("n_mels", 100),
+            n_fft=head["n_fft"],
+            hop_length=head["hop_length"],
+            feature_padding=features.get("padding", "center"),
+            dim=backbone["dim"],
+            intermediate_dim=backbone["intermediate_dim"],
+            num_layers=backbone["num_layers"],
+            layer_scale_init_value=backbone.get("layer_scale_init_value"),
+            istft_padding=head.get("padding", "same"),
+        )
+    except KeyError as error:
+        raise InputError(f"{path}: missing init_args key {error}") from error
+    except (TypeError, ValueError) as error:
+        raise InputError(f"{path}: {error}") from error
+
+
+def _split_buffers(state_dict: dict[str, torch.Tensor], model: VocosModel, source: Path) -> dict[str, torch.Tensor]:
+    """Drop the recomputed buffers from `state_dict` after checking each equals the model's own."""
+    own = dict(model.named_buffers())
+    weights = dict(state_dict)
+    for upstream_key, own_key in RECOMPUTED_BUFFERS.items():
+        stored = weights.pop(upstream_key, None)
+        if stored is None:
+            continue
+        expected = own[own_key]
+        if stored.shape != expected.shape or (stored.float() - expected).abs().max() > BUFFER_TOLERANCE:
+            raise CheckpointMismatchError(
+                f"{source}: {upstream_key} differs from the window / mel filterbank that config.yaml implies; "
+                "this checkpoint was not built with the standard Vocos mel front end"
+            )
+    return weights
+
+
+def load_upstream_vocos(src_dir: str | os.PathLike) -> VocosModel:
+    """Build a `VocosModel` from an upstream folder (`config.yaml` + `pytorch_model.bin`), fp32, eval mode."""
+    src_dir = Path(src_dir)
+    if not src_dir.is_dir():
+        raise InputError(f"Vocos source {src_dir} is not a folder (expected config.yaml + pytorch_model.bin)")
+    config_path, weights_path = src_dir / "config.yaml", src_dir / "pytorch_model.bin"
+    for required in (config_path, weights_path):
+        if not required.is_file():
+            raise InputError(f"{required} is missing; an upstream Vocos folder holds config.yaml and pytorch_model.bin")
+    config = vocos_config_from_yaml(config_path)
+    state_dict = load_torch_checkpoint(weights_path)
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise InputError(f"{weights_path} is not a plain state dict of tensors")
+    model = VocosModel(config)
+    weights = _split_buffers(state_dict, model, weights_path)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise CheckpointMismatchError(
+            f"{weights_path} does not fit {config_path}: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}"
+        )
+    return model.float().eval()
+
+
+def load_vocos(source: str | os.PathLike) -> VocosModel:
+    """A vocoder from an upstream Vocos folder (`config.yaml`), a converted folder or a Hub repo id."""
+    path = Path(source)
+    if (path / "config.yaml").is_file() and not (path / "config.json").is_file():
+        return load_upstream_vocos(path)
+    if path.exists() and not (path / "config.json").is_file():
+        raise InputError(
+            f"{path} is neither an upstream Vocos folder (config.yaml + pytorch_model.bin) nor a converted one "
+            "(config.json + model.safetensors)"
+        )
+    try:
+        model = VocosModel.from_pretrained(str(source), dtype=torch.float32)
+    except (OSError, ValueError) as error:
+        raise InputError(f"could not load a Vocos vocoder from {source}: {error}") from error
+    return model.eval()
+
+
+def convert_vocos_checkpoint(
+    src_dir: str | os.PathLike, out_dir: str | os.PathLike, *, overwrite: bool = False
+) -> VocosModel:
+    """Convert an upstream Vocos folder into a `save_pretrained` folder at `out_dir` (written atomically)."""
+    from hf_tts.hub.cards import write_model_card
+
+    model = load_upstream_vocos(src_dir)
+    with atomic_output_dir(out_dir, overwrite=overwrite) as staging:
+        model.save_pretrained(staging)
+        weights = Path(src_dir) / "pytorch_model.bin"
+        write_model_card(staging, kind="vocos", config=model.config, sources=[weights])
+    return model
+
+
+__all__ = ["convert_vocos_checkpoint", "load_upstream_vocos", "load_vocos", "vocos_config_from_yaml"]

@@ -1,0 +1,458 @@
+"""Conditional flow matching for F5-TTS / E2-TTS: the training loss, fixed-grid ODE sampling (euler, midpoint),
+upstream's EPSS time grid, sway sampling, classifier-free guidance in one packed batch, the backbone parts both
+families share and the model base `FlowMatchingTTSModel` that `F5TTSModel` and `E2TTSModel` extend.
+
+Semantics follow upstream `CFM` (f5-tts 1.1.20); see the method docstrings for the few deliberate differences.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pad_sequence
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from hf_tts.audio import LogMelSpectrogram
+from hf_tts.configuration_utils import FlowMatchingTTSConfig
+from hf_tts.errors import InputError
+from hf_tts.layers.convnext import GlobalResponseNorm
+from hf_tts.layers.embeddings import InputEmbedding, TextEmbedding, TimestepEmbedding
+from hf_tts.layers.normalization import RMSNorm, ScaledL2RMSNorm, ZeroInitLinear
+from hf_tts.layers.rotary import RotaryEmbedding
+from hf_tts.modeling_utils import HfTtsPreTrainedModel
+from hf_tts.synthesis import SpeechSynthesisMixin
+
+# Upstream's Empirically Pruned Step Sampling grids (in 1/32 units) for low step counts.
+EPSS_TIMESTEPS: dict[int, list[int]] = {
+    5: [0, 2, 4, 8, 16, 32],
+    6: [0, 2, 4, 6, 8, 16, 32],
+    7: [0, 2, 4, 6, 8, 16, 24, 32],
+    10: [0, 2, 4, 6, 8, 12, 16, 20, 24, 28, 32],
+    12: [0, 2, 4, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32],
+    16: [0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32],
+}
+ODE_METHODS = ("euler", "midpoint")
+
+
+class _ConfigDefault:
+    """Marks a `sample()` argument whose default comes from the config (so that None can mean "disabled")."""
+
+    def __repr__(self) -> str:
+        return "<config default>"
+
+
+CONFIG_DEFAULT = _ConfigDefault()
+
+
+def lens_to_mask(lengths: torch.Tensor, length: int) -> torch.Tensor:
+    """(B,) lengths -> (B, length) bool mask, True on the first `lengths[b]` positions."""
+    return torch.arange(length, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def random_span_mask(lengths: torch.Tensor, frac_lengths: torch.Tensor, length: int) -> torch.Tensor:
+    """Upstream's `mask_from_frac_lengths`: per sample a span of `int(frac * len)` frames at a uniform start."""
+    span = (frac_lengths * lengths).long()
+    start = ((lengths - span) * torch.rand_like(frac_lengths)).long().clamp(min=0)
+    positions = torch.arange(length, device=lengths.device)[None, :]
+    return (positions >= start[:, None]) & (positions < (start + span)[:, None])
+
+
+def time_grid(
+    steps: int,
+    use_epss: bool = True,
+    sway_sampling_coef: float | None = None,
+    device: torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """The (steps + 1,) ODE time grid: the EPSS grid when `use_epss` and one exists for `steps`, uniform otherwise,
+    then sway sampling `t + s * (cos(pi/2 t) - 1 + t)` unless `sway_sampling_coef` is None."""
+    if steps < 1:
+        raise InputError(f"steps must be >= 1, got {steps}")
+    if use_epss and steps in EPSS_TIMESTEPS:
+        grid = (1 / 32) * torch.tensor(EPSS_TIMESTEPS[steps], device=device, dtype=dtype)
+    else:
+        grid = torch.linspace(0, 1, steps + 1, device=device, dtype=dtype)
+    if sway_sampling_coef is not None:
+        grid = grid + sway_sampling_coef * (torch.cos(torch.pi / 2 * grid) - 1 + grid)
+    return grid
+
+
+def solve_ode(
+    velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    y0: torch.Tensor,
+    grid: torch.Tensor,
+    method: str = "euler",
+    progress_callback: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Integrate dy/dt = velocity(t, y) over `grid` with one fixed step per interval, exactly as torchdiffeq's
+    fixed-grid `euler` / `midpoint` solvers; returns y at grid[-1]. `progress_callback(i, n)` runs after step i
+    (0-based) of n. No host synchronisation happens inside the loop."""
+    if method not in ODE_METHODS:
+        raise InputError(f"method must be one of {', '.join(ODE_METHODS)}, got {method!r}")
+    total = grid.shape[0] - 1
+    y = y0
+    for index in range(total):
+        t0 = grid[index]
+        dt = grid[index + 1] - t0
+        if method == "euler":
+            dy = dt * velocity(t0, y)
+        else:
+            half_dt = 0.5 * dt
+            y_mid = y + velocity(t0, y) * half_dt
+            dy = dt * velocity(t0 + half_dt, y_mid)
+        y = y + dy
+        if progress_callback is not None:
+            progress_callback(index, total)
+    return y
+
+
+class FlowMatchingBackbone(nn.Module):
+    """What the DiT (F5) and UNetT (E2) backbones share: time, text and input embeddings and the rotary table.
+
+    Subclasses implement `forward(x, cond, text, time, mask=None, drop_audio_cond=False, drop_text=False,
+    cfg_infer=False, text_embed=None, mask_padded_keys=None) -> (B or 2B, N, mel_dim)` using `embed_inputs`.
+    `per_sample_lengths`: F5 (upstream 1.1.10+) limits the text embedding and the convolutional position embedding
+    to each sample's `mask` length; E2 embeds text for the padded length and convolves unmasked, as upstream.
+    """
+
+    per_sample_lengths: ClassVar[bool] = True
+
+    def __init__(self, config: FlowMatchingTTSConfig):
+        super().__init__()
+        self.attn_mask_enabled = config.attn_mask_enabled
+        self.time_embed = TimestepEmbedding(config.dim)
+        self.text_embed = TextEmbedding(
+            config.text_num_embeds,
+            config.text_embed_dim,
+            mask_padding=config.text_mask_padding,
+            conv_layers=config.conv_layers,
+        )
+        self.input_embed = InputEmbedding(config.mel_dim, config.text_embed_dim, config.dim)
+        self.rotary_embed = RotaryEmbedding(config.dim_head)
+
+    def embed_text(
+        self,
+        text: torch.Tensor,
+        seq_len: int,
+        mask: torch.Tensor | None = None,
+        drop_text: bool | torch.Tensor = False,
+        cfg_infer: bool = False,
+    ) -> torch.Tensor:
+        """Text embedding aligned to `seq_len` frames; with `cfg_infer`, the conditional and the dropped-text
+        embeddings stacked on the batch axis (2B). It depends on neither x nor t, so sampling computes it once."""
+        valid = mask if self.per_sample_lengths else None
+        if cfg_infer:
+            return torch.cat(
+                (self.text_embed(text, seq_len, valid), self.text_embed(text, seq_len, valid, drop_text=True))
+            )
+        return self.text_embed(text, seq_len, valid, drop_text=drop_text)
+
+    def embed_inputs(
+        self,
+        x: torch.Tensor,
+        cond: torch.Tensor,
+        text: torch.Tensor,
+        time: torch.Tensor | float,
+        mask: torch.Tensor | None,
+        drop_audio_cond: bool | torch.Tensor,
+        drop_text: bool | torch.Tensor,
+        cfg_infer: bool,
+        text_embed: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """-> (input embedding (B', N, dim), time embedding (B', dim), mask (B', N) or None), B' = 2B with
+        `cfg_infer` (conditional first, then audio and text dropped)."""
+        batch, seq_len = x.shape[:2]
+        time = torch.as_tensor(time, device=x.device, dtype=x.dtype)
+        if time.ndim == 0:
+            time = time.repeat(batch)
+        t_emb = self.time_embed(time)
+        if text_embed is None:
+            text_embed = self.embed_text(text, seq_len, mask, drop_text=drop_text, cfg_infer=cfg_infer)
+        if cfg_infer:
+            x = torch.cat((x, x))
+            cond = torch.cat((cond, torch.zeros_like(cond)))
+            t_emb = torch.cat((t_emb, t_emb))
+            mask = torch.cat((mask, mask)) if mask is not None else None
+            drop_audio_cond = False
+        conv_mask = mask if self.per_sample_lengths else None
+        h = self.input_embed(x, cond, text_embed, drop_audio_cond=drop_audio_cond, mask=conv_mask)
+        return h, t_emb, mask
+
+    def mask_keys(self, mask_padded_keys: bool | None) -> bool:
+        return self.attn_mask_enabled if mask_padded_keys is None else mask_padded_keys
+
+
+@dataclass
+class FlowMatchingOutput(ModelOutput):
+    """Output of `FlowMatchingTTSModel.forward`.
+
+    loss: mean squared error between predicted and target flow over the masked span (all mel channels).
+    prediction: (B, N, mel_dim) predicted flow.
+    span_mask: (B, N) bool, the random span the model had to infill (the loss region).
+    """
+
+    loss: torch.FloatTensor | None = None
+    prediction: torch.FloatTensor | None = None
+    span_mask: torch.BoolTensor | None = None
+
+
+class FlowMatchingTTSModel(SpeechSynthesisMixin, HfTtsPreTrainedModel):
+    """Base of F5TTSModel / E2TTSModel: `backbone` (parameter names = upstream's `transformer.*`), `mel_spec`,
+    `sample()` (upstream `CFM.sample`) and a training `forward` returning the flow-matching loss first."""
+
+    config_class = FlowMatchingTTSConfig
+    backbone_class: ClassVar[type[FlowMatchingBackbone]]
+    main_input_name = "mel"
+    input_modalities = ("audio", "text")
+    supports_gradient_checkpointing = True
+
+    def __init__(self, config: FlowMatchingTTSConfig):
+        super().__init__(config)
+        self.backbone = self.backbone_class(config)
+        self.mel_spec = LogMelSpectrogram(
+            n_fft=config.n_fft,
+            hop_length=config.hop_length,
+            win_length=config.win_length,
+            n_mels=config.mel_dim,
+            sampling_rate=config.sampling_rate,
+        )
+        self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        # A local folder whose weights do not fit its config gets one clear sentence, not a load report.
+        from hf_tts.models.checkpoint_check import check_pretrained_folder
+
+        path, config = pretrained_model_name_or_path, kwargs.get("config")
+        if isinstance(path, (str, os.PathLike)) and os.path.isdir(path):
+            if not isinstance(config, FlowMatchingTTSConfig):
+                config = cls.config_class.from_pretrained(path)
+            check_pretrained_folder(path, cls, config)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # Upstream's PyTorch default init; inside transformers' init pass torch.nn.init is guarded, so
+        # reset_parameters() never touches weights loaded from a checkpoint.
+        if isinstance(module, ZeroInitLinear) and self.config.init_adaln_zero:
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, (nn.Linear, nn.Conv1d, nn.Embedding, nn.LayerNorm)):
+            module.reset_parameters()
+        elif isinstance(module, GlobalResponseNorm):
+            init.zeros_(module.gamma)
+            init.zeros_(module.beta)
+        elif isinstance(module, ScaledL2RMSNorm):
+            init.ones_(module.g)
+        elif isinstance(module, RMSNorm):
+            init.ones_(module.weight)
+        elif isinstance(module, (RotaryEmbedding, LogMelSpectrogram)):
+            # non-persistent buffers: from_pretrained leaves them as uninitialised memory
+            module.reset_buffers()
+
+    # ---------------------------------------------------------------- training
+
+    def draw_condition_drops(self, batch_size: int) -> tuple[bool | torch.Tensor, bool | torch.Tensor]:
+        """Classifier-free-guidance dropout decisions (drop_audio_cond, drop_text).
+
+        Audio cond is dropped with `audio_drop_prob`; independently, both are dropped with `cond_drop_prob`.
+        `config.cfg_drop_per_sample=True` draws a (B,) decision per sample (torch RNG); False draws one decision for
+        the whole batch with Python's `random.random()`, exactly as upstream.
+        """
+        config = self.config
+        if config.cfg_drop_per_sample:
+            drop_audio = torch.rand(batch_size, device=self.device) < config.audio_drop_prob
+            drop_all = torch.rand(batch_size, device=self.device) < config.cond_drop_prob
+            return drop_audio | drop_all, drop_all
+        drop_audio = random.random() < config.audio_drop_prob
+        drop_all = random.random() < config.cond_drop_prob
+        return drop_audio or drop_all, drop_all
+
+    def forward(
+        self,
+        mel: torch.Tensor,
+        text: torch.Tensor,
+        mel_lengths: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ) -> FlowMatchingOutput | tuple:
+        """Flow-matching loss of upstream `CFM.forward`: mel (B, N, mel_dim), text (B, T) ids padded with -1,
+        mel_lengths (B,) valid frames (default: all N). A random span of 70-100% of each sample is infilled from
+        noise at a uniform flow time; the rest is the audio prompt. The padding mask is passed to the backbone."""
+        if mel.ndim != 3 or mel.shape[-1] != self.config.mel_dim:
+            raise InputError(f"mel must have shape (batch, frames, {self.config.mel_dim}), got {tuple(mel.shape)}")
+        batch, seq_len = mel.shape[:2]
+        text = text.to(mel.device)
+        if mel_lengths is None:
+            mel_lengths = torch.full((batch,), seq_len, device=mel.device, dtype=torch.long)
+        mel_lengths = mel_lengths.to(mel.device)
+        mask = lens_to_mask(mel_lengths, seq_len)
+
+        low, high = self.config.frac_lengths_mask
+        frac_lengths = torch.zeros(batch, device=mel.device).float().uniform_(low, high)
+        span_mask = random_span_mask(mel_lengths, frac_lengths, seq_len) & mask
+
+        x1 = mel
+        x0 = torch.randn_like(x1)
+        time = torch.rand(batch, dtype=mel.dtype, device=mel.device)
+        t = time[:, None, None]
+        noisy = (1 - t) * x0 + t * x1
+        flow = x1 - x0
+        cond = torch.where(span_mask[..., None], torch.zeros_like(x1), x1)
+
+        drop_audio_cond, drop_text = self.draw_condition_drops(batch)
+        prediction = self.backbone(
+            noisy, cond, text, time, mask=mask, drop_audio_cond=drop_audio_cond, drop_text=drop_text
+        )
+        loss = F.mse_loss(prediction, flow, reduction="none")[span_mask].mean()
+        output = FlowMatchingOutput(loss=loss, prediction=prediction, span_mask=span_mask)
+        return output if return_dict else output.to_tuple()
+
+    # ---------------------------------------------------------------- sampling
+
+    def _text_ids(self, text: torch.Tensor | list[list[int]], batch: int) -> torch.Tensor:
+        if isinstance(text, (list, tuple)):
+            if not all(isinstance(ids, (list, tuple)) for ids in text):
+                raise InputError(
+                    "text must be a (batch, tokens) id tensor or a list of id lists; tokenize strings first"
+                )
+            text = pad_sequence(
+                [torch.tensor(ids, dtype=torch.long) for ids in text], batch_first=True, padding_value=-1
+            )
+        if not isinstance(text, torch.Tensor) or text.ndim != 2 or text.dtype.is_floating_point:
+            raise InputError("text must be an integer tensor of shape (batch, tokens) padded with -1")
+        if text.shape[0] != batch:
+            raise InputError(f"text has batch size {text.shape[0]} but cond has {batch}")
+        return text.to(self.device)
+
+    def _initial_noise(
+        self,
+        duration: torch.Tensor,
+        total: int,
+        seed: int | None,
+        latents: torch.Tensor | None,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:
+        mel_dim = self.config.mel_dim
+        if latents is not None:
+            batch = duration.shape[0]
+            if (
+                latents.ndim != 3
+                or latents.shape[0] != batch
+                or latents.shape[2] != mel_dim
+                or latents.shape[1] < total
+            ):
+                raise InputError(
+                    f"latents must have shape ({batch}, >= {total}, {mel_dim}) (batch, longest duration, mel "
+                    f"channels), got {tuple(latents.shape)}"
+                )
+            latents = latents[:, :total].to(device=self.device, dtype=dtype)
+            # frames past each sample's duration are zero, as upstream pads its per-sample noise
+            return latents.masked_fill(~lens_to_mask(duration, total)[..., None], 0.0)
+        generator = None if seed is None else torch.Generator(self.device)
+        noise = []
+        for frames in duration.tolist():
+            if generator is not None:  # upstream re-seeds before every sample's draw
+                generator.manual_seed(seed)
+            noise.append(torch.randn(frames, mel_dim, generator=generator, device=self.device, dtype=dtype))
+        return pad_sequence(noise, batch_first=True)
+
+    @torch.inference_mode()
+    def sample(
+        self,
+        cond: torch.Tensor,
+        text: torch.Tensor | list[list[int]],
+        duration: int | torch.Tensor,
+        *,
+        steps: int | None = None,
+        cfg_strength: float | None = None,
+        sway_sampling_coef: float | None | _ConfigDefault = CONFIG_DEFAULT,
+        method: str | None = None,
+        use_epss: bool | None = None,
+        seed: int | None = None,
+        latents: torch.Tensor | None = None,
+        lens: torch.Tensor | None = None,
+        progress_callback: Callable[[int, int], None] | None = None,
+    ) -> torch.Tensor:
+        """Generate mel frames after an audio prompt; returns (B, N, mel_dim) including the prompt frames.
+
+        cond: waveform (B, samples) at `config.sampling_rate` or mel (B, frames, mel_dim); text: (B, T) vocab ids
+        padded with -1 (prompt text + text to speak); duration: total frames (int or (B,)), raised to at least
+        max(text length, prompt length) + 1 per sample as upstream; lens: (B,) prompt lengths in frames (default:
+        the whole cond). steps / cfg_strength / sway_sampling_coef / method / use_epss default to the config's
+        sampling settings (`sway_sampling_coef=None` disables sway). seed: re-seed before each sample's
+        `randn(duration_b, mel_dim)` (upstream's noise); latents (B, >= N, mel_dim) replaces the noise.
+
+        With several samples, every sample is masked to its own duration (text length, convolution padding and, unlike
+        upstream's default, attention keys), so with F5 v1 models each sample equals sampling it alone.
+        """
+        config = self.config
+        steps = config.steps if steps is None else steps
+        cfg_strength = config.cfg_strength if cfg_strength is None else cfg_strength
+        if isinstance(sway_sampling_coef, _ConfigDefault):
+            sway_sampling_coef = config.sway_sampling_coef
+        method = config.ode_method if method is None else method
+        use_epss = config.use_epss if use_epss is None else use_epss
+        device, dtype = self.device, self.dtype
+
+        if cond.ndim == 2:
+            cond = self.mel_spec(cond.to(device)).transpose(1, 2)
+        elif cond.ndim != 3 or cond.shape[-1] != config.mel_dim:
+            raise InputError(
+                f"cond must be a waveform (batch, samples) or a mel (batch, frames, {config.mel_dim}), "
+                f"got shape {tuple(cond.shape)}"
+            )
+        cond = cond.to(device=device, dtype=dtype)
+        batch, cond_len = cond.shape[:2]
+        text = self._text_ids(text, batch)
+        if lens is None:
+            lens = torch.full((batch,), cond_len, device=device, dtype=torch.long)
+        lens = torch.as_tensor(lens, device=device, dtype=torch.long)
+        duration = torch.as_tensor(duration, device=device, dtype=torch.long).expand(batch)
+        if lens.shape != (batch,):
+            raise InputError(f"lens must have shape ({batch},), got {tuple(lens.shape)}")
+
+        # at least the prompt (or the text) plus one frame, so something is generated
+        duration = torch.maximum(torch.maximum((text != -1).sum(dim=-1), lens) + 1, duration)
+        total = int(duration.max())
+        cond = F.pad(cond, (0, 0, 0, total - cond_len))
+        cond_mask = lens_to_mask(lens, total)[..., None]
+        step_cond = torch.where(cond_mask, cond, torch.zeros_like(cond))
+        mask = lens_to_mask(duration, total) if batch > 1 else None
+
+        y0 = self._initial_noise(duration, total, seed, latents, dtype)
+        grid = time_grid(steps, use_epss, sway_sampling_coef, device=device, dtype=dtype)
+        use_cfg = cfg_strength >= 1e-5
+        text_embed = self.backbone.embed_text(text, total, mask, cfg_infer=use_cfg)
+
+        def velocity(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            pred = self.backbone(
+                y, step_cond, text, t, mask=mask, cfg_infer=use_cfg, text_embed=text_embed, mask_padded_keys=True
+            )
+            if not use_cfg:
+                return pred
+            pred, null_pred = pred.chunk(2, dim=0)
+            return pred + (pred - null_pred) * cfg_strength
+
+        sampled = solve_ode(velocity, y0, grid, method=method, progress_callback=progress_callback)
+        return torch.where(cond_mask, cond, sampled)
+
+
+__all__ = [
+    "CONFIG_DEFAULT",
+    "EPSS_TIMESTEPS",
+    "FlowMatchingBackbone",
+    "FlowMatchingOutput",
+    "FlowMatchingTTSModel",
+    "lens_to_mask",
+    "random_span_mask",
+    "solve_ode",
+    "time_grid",
+]

@@ -1,0 +1,390 @@
+"""Merge sources: what a path or Hub id on the `hf-tts merge` command line refers to, opened lazily.
+
+A source is one of
+- a package model folder (`config.json` + `model.safetensors` or sharded `model-*.safetensors` with an index), or a
+  Hub repo id of one (downloaded with `huggingface_hub.snapshot_download`);
+- an upstream F5-TTS / E2-TTS checkpoint file (`.safetensors` EMA export or `.pt` training checkpoint), converted on
+  the fly by `hf_tts.convert.f5` (needs `--arch` and `--vocab`);
+- an XTTS-v2 style checkpoint (`{"model": ..., "config": ...}`, read by `hf_tts.convert.xtts`), a `.pth` file or a
+  folder holding `model.pth`.
+
+Only headers are parsed when a source is opened. Tensor bytes are read one key at a time from a memory map
+(`MappedSafetensors`), and the pages of a finished key are handed back to the kernel, so the resident set never
+holds more than the tensors of the key being merged, however many sources there are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import mmap
+import os
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from hf_tts.errors import InputError
+from hf_tts.file_utils import load_torch_checkpoint, sha256_file
+
+SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+# Files that define the text vocabulary of a package folder; they must be byte-identical across merged sources.
+VOCAB_FILES = ("vocab.txt", "vocab.json", "tokenizer.json")
+# Tokenizer files copied from the config donor (after the vocabulary check).
+TOKENIZER_FILES = (*VOCAB_FILES, "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+# A vocoder shipped inside a package folder; it must be identical across sources and is copied as is.
+VOCODER_DIR = "vocoder"
+# Config keys that do not change what the weights mean (sampling defaults, training regularisation, bookkeeping):
+# sources may differ in them and the config donor's values are kept.
+NON_STRUCTURAL_CONFIG_KEYS = frozenset(
+    {
+        "transformers_version",
+        "dtype",
+        "torch_dtype",
+        "_name_or_path",
+        "name_or_path",
+        "init_adaln_zero",
+        "freeze_quantizer",
+        "dropout",
+        "audio_drop_prob",
+        "cond_drop_prob",
+        "cfg_drop_per_sample",
+        "frac_lengths_mask",
+        "sigma",
+        "steps",
+        "cfg_strength",
+        "sway_sampling_coef",
+        "ode_method",
+        "use_epss",
+    }
+)
+# Linux 5.14+ madvise flag (the mmap module does not name it yet).
+MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_UPSTREAM_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        numel = 1
+        for size in self.shape:
+            numel *= size
+        return numel * torch.empty((), dtype=self.dtype).element_size()
+
+
+class TensorReader(Protocol):
+    """Lazy access to the tensors of one source. `tensor` returns a view the caller must never write to."""
+
+    def infos(self) -> dict[str, TensorInfo]: ...
+
+    def tensor(self, key: str) -> torch.Tensor: ...
+
+    def release(self, key: str) -> None: ...
+
+
+class MappedSafetensors:
+    """One safetensors file, memory-mapped; `tensor(key)` is a zero-copy view, `release(key)` drops its pages.
+
+    safetensors' `safe_open` maps the file too, but gives no way to hand pages back, so the resident set of a merge
+    would grow to the size of every input; the header format is simple and documented, so it is parsed here.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        try:
+            with open(self.path, "rb") as handle:
+                (header_size,) = struct.unpack("<Q", handle.read(8))
+                header = json.loads(handle.read(header_size))
+            with open(self.path, "rb") as handle:
+                # A private mapping (it outlives the descriptor): a stray write could never reach the file.
+                self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+        except (OSError, ValueError, struct.error) as error:
+            raise InputError(f"{self.path} is not a readable safetensors file: {error}") from error
+        self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
+        self._data_start = 8 + header_size
+        self._entries: dict[str, tuple[TensorInfo, int, int]] = {}
+        for key, entry in header.items():
+            if entry["dtype"] not in SAFETENSORS_DTYPES:
+                raise InputError(
+                    f"{self.path}: tensor {key!r} has dtype {entry['dtype']}, which merging does not support"
+                )
+            begin, end = entry["data_offsets"]
+            info = TensorInfo(tuple(entry["shape"]), SAFETENSORS_DTYPES[entry["dtype"]])
+            if end - begin != info.nbytes or self._data_start + end > len(self._map):
+                raise InputError(
+                    f"{self.path}: tensor {key!r} has inconsistent offsets; the file is truncated or corrupt"
+                )
+            self._entries[key] = (info, self._data_start + begin, self._data_start + end)
+
+    def infos(self) -> dict[str, TensorInfo]:
+        return {key: info for key, (info, _, _) in self._entries.items()}
+
+    def tensor(self, key: str) -> torch.Tensor:
+        info, begin, end = self._entries[key]
+        if begin == end:
+            return torch.empty(info.shape, dtype=info.dtype)
+        count = (end - begin) // torch.empty((), dtype=info.dtype).element_size()
+        page_start = begin - begin % mmap.PAGESIZE
+        # Map the tensor's pages in one call instead of one page fault per 4 KiB (several times faster); kernels
+        # before 5.14 refuse the flag and the pages fault in on first touch instead.
+        with contextlib.suppress(OSError):
+            self._map.madvise(MADV_POPULATE_READ, page_start, end - page_start)
+        return torch.frombuffer(self._map, dtype=info.dtype, count=count, offset=begin).view(info.shape)
+
+    def release(self, key: str) -> None:
+        _, begin, end = self._entries[key]
+        page_start = begin - begin % mmap.PAGESIZE
+        if end > page_start:
+            self._map.madvise(mmap.MADV_DONTNEED, page_start, end - page_start)
+
+
+class StateDictReader:
+    """Tensors already opened elsewhere (a `torch.load(mmap=True)` state dict or an on-the-fly conversion)."""
+
+    def __init__(self, state_dict: dict[str, torch.Tensor]):
+        self._state_dict = state_dict
+
+    def infos(self) -> dict[str, TensorInfo]:
+        return {key: TensorInfo(tuple(value.shape), value.dtype) for key, value in self._state_dict.items()}
+
+    def tensor(self, key: str) -> torch.Tensor:
+        return self._state_dict[key]
+
+    def release(self, key: str) -> None:
+        """The pages belong to torch's own mapping, which has no per-tensor release."""
+
+
+class FolderReader:
+    """`model.safetensors` or the shards listed in `model.safetensors.index.json`."""
+
+    def __init__(self, folder: Path):
+        index_path = folder / WEIGHTS_INDEX_NAME
+        if index_path.is_file():
+            weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+            files = sorted(set(weight_map.values()))
+        elif (folder / WEIGHTS_NAME).is_file():
+            files = [WEIGHTS_NAME]
+        else:
+            raise InputError(
+                f"{folder} has no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME}; a package model folder is what "
+                "save_pretrained / hf-tts convert writes"
+            )
+        self.files = [folder / name for name in files]
+        self._shards = [MappedSafetensors(path) for path in self.files]
+        self._owner: dict[str, MappedSafetensors] = {}
+        for shard in self._shards:
+            for key in shard.infos():
+                self._owner[key] = shard
+
+    def infos(self) -> dict[str, TensorInfo]:
+        return {key: info for shard in self._shards for key, info in shard.infos().items()}
+
+    def tensor(self, key: str) -> torch.Tensor:
+        return self._owner[key].tensor(key)
+
+    def release(self, key: str) -> None:
+        self._owner[key].release(key)
+
+
+@dataclass
+class MergeSource:
+    """One opened source: its tensors, its files (hashed for the card) and what it must agree on with the others."""
+
+    spec: str  # as the user gave it
+    kind: str  # "folder" | "hub" | "upstream" | "xtts"
+    reader: TensorReader
+    files: list[Path]  # the weight files read
+    fingerprint: dict[str, Any]  # structural config fields compared across sources
+    config: dict[str, Any]  # the config written with the output when this source is the donor
+    folder: Path | None = None  # where tokenizer / vocoder / sidecar files live
+    vocab_files: dict[str, Path] = field(default_factory=dict)
+    hub_id: str | None = None
+    variant: str | None = None  # "ema" / "online" for upstream training checkpoints
+    native: Any = None  # format-specific data the writer needs (the XTTS checkpoint's config and key prefix)
+
+    @property
+    def family(self) -> str:
+        return "xtts" if self.kind == "xtts" else str(self.config.get("model_type", "unknown"))
+
+    @property
+    def vocoder_sha256(self) -> str | None:
+        """Hash of the `vocoder/` folder shipped beside the weights (names and contents), None without one."""
+        vocoder = self.folder / VOCODER_DIR if self.folder is not None else None
+        if vocoder is None or not vocoder.is_dir():
+            return None
+        digest = hashlib.sha256()
+        for path in sorted(p for p in vocoder.rglob("*") if p.is_file()):
+            digest.update(str(path.relative_to(vocoder)).encode() + b"\0" + sha256_file(path).encode())
+        return digest.hexdigest()
+
+    @property
+    def vocab_sha256(self) -> str | None:
+        if not self.vocab_files:
+            return None
+        digest = hashlib.sha256()
+        for name in sorted(self.vocab_files):
+            digest.update(name.encode() + b"\0" + self.vocab_files[name].read_bytes())
+        return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """How sources that are not package folders are read."""
+
+    arch: str | None = None  # upstream F5/E2: preset name or arch file
+    vocab: str | None = None  # upstream F5/E2: vocab.txt
+    source: str = "ema"  # upstream training checkpoints: "ema" or "online" weights
+    trust_pickle: bool = False
+    token: str | None = None
+
+
+def structural_fields(config: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in config.items() if key not in NON_STRUCTURAL_CONFIG_KEYS}
+
+
+def _full_config(folder: Path) -> dict[str, Any]:
+    """The folder's config with defaults filled in (save_pretrained writes only the fields that differ from them),
+    so a field left at its default in one source and written out in another still compares equal."""
+    from transformers import AutoConfig
+
+    raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    try:
+        return AutoConfig.from_pretrained(folder).to_dict()
+    except (ValueError, KeyError, OSError):
+        return raw  # a model type this installation does not know: compare what the file says
+
+
+def _open_folder(spec: str, folder: Path, kind: str, hub_id: str | None) -> MergeSource:
+    if not (folder / "config.json").is_file():
+        raise InputError(f"source {spec}: {folder} has no config.json, so it is not a package model folder")
+    reader = FolderReader(folder)
+    config = _full_config(folder)
+    return MergeSource(
+        spec=spec,
+        kind=kind,
+        reader=reader,
+        files=reader.files,
+        fingerprint=structural_fields(config),
+        config=config,
+        folder=folder,
+        vocab_files={name: folder / name for name in VOCAB_FILES if (folder / name).is_file()},
+        hub_id=hub_id,
+    )
+
+
+def _open_upstream_f5(spec: str, path: Path, options: SourceOptions) -> MergeSource:
+    from hf_tts.convert.f5 import (
+        check_weight_shapes,
+        expected_state_shapes,
+        load_upstream_f5_state_dict,
+        model_class_for,
+        resolve_arch,
+    )
+    from hf_tts.tokenization_f5 import read_vocab_file
+
+    if options.arch is None or options.vocab is None:
+        raise InputError(
+            f"source {spec} is an upstream F5/E2 checkpoint: pass --arch (preset name or arch file) and --vocab "
+            "(its vocab.txt) so it can be converted on the fly"
+        )
+    vocab = Path(options.vocab)
+    if not vocab.is_file():
+        raise InputError(f"--vocab {vocab} does not exist or is not a file")
+    config = resolve_arch(options.arch, text_num_embeds=len(read_vocab_file(vocab)))
+    state_dict = load_upstream_f5_state_dict(path, use_online_weights=options.source == "online")
+    check_weight_shapes(
+        {key: value.shape for key, value in state_dict.items()},
+        expected_state_shapes(model_class_for(config), config),
+        config,
+        arch_label=f"--arch {options.arch}",
+        vocab_label=str(vocab),
+    )
+    config_dict = config.to_dict()
+    return MergeSource(
+        spec=spec,
+        kind="upstream",
+        reader=StateDictReader(state_dict),
+        files=[path],
+        fingerprint=structural_fields(config_dict),
+        config=config_dict,
+        folder=None,
+        vocab_files={"vocab.txt": vocab},
+        variant=options.source,
+    )
+
+
+def _open_xtts(spec: str, path: Path, checkpoint: dict, options: SourceOptions) -> MergeSource:
+    from hf_tts.convert.xtts import read_xtts_checkpoint
+
+    xtts = read_xtts_checkpoint(path, checkpoint)
+    return MergeSource(
+        spec=spec,
+        kind="xtts",
+        reader=StateDictReader(xtts.state_dict),
+        files=[path],
+        fingerprint=xtts.fingerprint,
+        config=xtts.config,
+        folder=path.parent,
+        vocab_files={"vocab.json": path.parent / "vocab.json"} if (path.parent / "vocab.json").is_file() else {},
+        native=xtts,
+    )
+
+
+def _open_file(spec: str, path: Path, options: SourceOptions) -> MergeSource:
+    if path.suffix not in _UPSTREAM_SUFFIXES:
+        raise InputError(
+            f"source {spec}: unsupported file type {path.suffix!r}; expected a model folder, an upstream F5/E2 "
+            f"checkpoint or an XTTS checkpoint ({', '.join(_UPSTREAM_SUFFIXES)})"
+        )
+    if path.suffix != ".safetensors":
+        from hf_tts.convert.xtts import is_xtts_checkpoint
+
+        checkpoint = load_torch_checkpoint(path, mmap=True, trust_pickle=options.trust_pickle)
+        if is_xtts_checkpoint(checkpoint):
+            return _open_xtts(spec, path, checkpoint, options)
+    return _open_upstream_f5(spec, path, options)
+
+
+def open_source(spec: str | os.PathLike, options: SourceOptions) -> MergeSource:
+    """Open `spec` (a folder, a checkpoint file or a Hub repo id) reading headers only."""
+    spec = str(spec)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        has_safetensors = (path / WEIGHTS_NAME).is_file() or (path / WEIGHTS_INDEX_NAME).is_file()
+        if (path / "model.pth").is_file() and not has_safetensors:
+            return _open_file(spec, path / "model.pth", options)  # a Coqui XTTS folder
+        return _open_folder(spec, path, "folder", None)
+    if path.is_file():
+        return _open_file(spec, path, options)
+    if _REPO_ID.match(spec):
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+        try:
+            folder = Path(snapshot_download(spec, token=options.token))
+        except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as error:
+            raise InputError(f"source {spec}: not a local path, and the Hub download failed: {error}") from error
+        return _open_folder(spec, folder, "hub", spec)
+    raise InputError(f"source {spec} does not exist (not a folder, a file, or a Hub repo id like 'user/model')")

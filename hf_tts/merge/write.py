@@ -1,0 +1,163 @@
+"""Writing a merge: weight shards streamed to disk, index, config / tokenizer / vocoder copies, the recipe, and the
+model card with its per-block distance plot.
+
+Every safetensors header is computed from the plan (all shapes and dtypes are known before any data is read), so each
+tensor's bytes go to disk as soon as they are merged and no shard is ever held in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import shutil
+import struct
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hf_tts.merge.plan import MergePlan
+from hf_tts.merge.sources import (
+    TOKENIZER_FILES,
+    VOCODER_DIR,
+    WEIGHTS_INDEX_NAME,
+    WEIGHTS_NAME,
+    MappedSafetensors,
+    TensorInfo,
+)
+from hf_tts.merge.stream import DistanceStats, merged_tensors
+
+RECIPE_NAME = "merge_recipe.yaml"
+PLOT_NAME = "merge_distance.png"
+XTTS_WEIGHTS_NAME = "model.pth"
+# Files of a Coqui XTTS folder that travel with the merged `model.pth`.
+XTTS_SIDECARS = ("config.json", "vocab.json", "speakers_xtts.pth", "mel_stats.pth", "dvae.pth")
+_DTYPE_NAMES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+def _trim_heap() -> None:
+    """glibc keeps freed multi-MB blocks in the heap (RSS creeps up ~16 MiB per key); give them back."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _shard_names(count: int) -> list[str]:
+    if count == 1:
+        return [WEIGHTS_NAME]
+    return [f"model-{index + 1:05d}-of-{count:05d}.safetensors" for index in range(count)]
+
+
+def write_weight_shards(plan: MergePlan, folder: Path, stats: DistanceStats, shards: list[list[str]]) -> list[Path]:
+    """Stream the merged tensors into safetensors shards under `folder` (plus the index when there are several)."""
+    out_dtypes = {task.key: task.out_dtype for task in plan.tasks}
+    shapes = {task.key: task.info.shape for task in plan.tasks}
+    paths, weight_map = [], {}
+    for name, keys in zip(_shard_names(len(shards)), shards):
+        # Largest element size first keeps every tensor aligned to its element size (what safetensors itself does).
+        ordered = sorted(keys, key=lambda key: (-torch.empty((), dtype=out_dtypes[key]).element_size(), key))
+        header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+        offset = 0
+        for key in ordered:
+            size = TensorInfo(shapes[key], out_dtypes[key]).nbytes
+            header[key] = {
+                "dtype": _DTYPE_NAMES[out_dtypes[key]],
+                "shape": list(shapes[key]),
+                "data_offsets": [offset, offset + size],
+            }
+            offset += size
+        header_bytes = json.dumps(header, separators=(",", ":")).encode()
+        header_bytes += b" " * (-len(header_bytes) % 8)
+        path = folder / name
+        with open(path, "wb") as handle:
+            handle.write(struct.pack("<Q", len(header_bytes)))
+            handle.write(header_bytes)
+            for task, tensor in merged_tensors(plan, ordered, stats):
+                if tensor.numel():
+                    handle.write(tensor.contiguous().reshape(-1).view(torch.uint8).numpy())
+                weight_map[task.key] = name
+                del tensor
+        _trim_heap()
+        paths.append(path)
+    if len(paths) > 1:
+        index = {"metadata": {"total_size": plan.total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
+        (folder / WEIGHTS_INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    return paths
+
+
+def write_xtts_weights(plan: MergePlan, folder: Path, stats: DistanceStats) -> Path:
+    """Coqui's native layout: stream into a scratch safetensors file, then save `{"model", "config"}` from its memory
+    map (so the merged weights are never held in anonymous memory) and delete the scratch file."""
+    from hf_tts.convert.xtts import save_xtts_checkpoint
+
+    scratch_folder = folder / ".merge-scratch"
+    scratch_folder.mkdir()
+    (scratch,) = write_weight_shards(plan, scratch_folder, stats, [[task.key for task in plan.tasks]])
+    mapped = MappedSafetensors(scratch)
+    state_dict = {key: mapped.tensor(key) for key in sorted(mapped.infos())}
+    target = folder / XTTS_WEIGHTS_NAME
+    save_xtts_checkpoint(target, state_dict, plan.donor.config, plan.sources[0].native.prefix)
+    del state_dict, mapped
+    shutil.rmtree(scratch_folder)
+    return target
+
+
+def copy_companion_files(plan: MergePlan, folder: Path) -> None:
+    """Config (dtype updated when --dtype changed it), tokenizer / vocab and vocoder from the config donor."""
+    donor = plan.donor
+    if plan.layout == "xtts":
+        for name in XTTS_SIDECARS:
+            if (donor.folder / name).is_file():
+                shutil.copyfile(donor.folder / name, folder / name)
+        return
+    raw_config = donor.folder / "config.json" if donor.folder is not None else None
+    config = json.loads(raw_config.read_text(encoding="utf-8")) if raw_config else dict(donor.config)
+    if plan.recipe.dtype is not None:
+        config["dtype"] = plan.recipe.dtype
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    if donor.folder is None:
+        from hf_tts.tokenization_f5 import F5Tokenizer
+
+        tokenizer = F5Tokenizer(
+            str(donor.vocab_files["vocab.txt"]), tokenizer_type=config.get("tokenizer_type", "pinyin")
+        )
+        tokenizer.save_pretrained(folder)
+        return
+    for name in TOKENIZER_FILES:
+        if (donor.folder / name).is_file():
+            shutil.copyfile(donor.folder / name, folder / name)
+    if (donor.folder / VOCODER_DIR).is_dir():
+        shutil.copytree(donor.folder / VOCODER_DIR, folder / VOCODER_DIR)
+
+
+def plot_distances(distances: dict[str, list[float]], labels: list[str], path: Path) -> None:
+    """PNG line plot: one line per source, its cosine distance from the merge for each block."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    blocks = list(distances)
+    figure, axes = pyplot.subplots(figsize=(max(6.0, 0.25 * len(blocks) + 2), 4), dpi=100)
+    for index, label in enumerate(labels):
+        axes.plot(range(len(blocks)), [distances[block][index] for block in blocks], marker="o", label=label)
+    axes.set_xticks(range(len(blocks)))
+    axes.set_xticklabels(blocks, rotation=90, fontsize=7)
+    axes.set_ylabel("cosine distance from the merge")
+    axes.set_title("How far each source is from the merged weights, per block")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    # No software/date metadata: the same merge gives the same bytes.
+    figure.savefig(path, format="png", metadata={"Software": None})
+    pyplot.close(figure)

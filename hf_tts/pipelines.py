@@ -1,0 +1,176 @@
+"""Pipelines of the package.
+
+- `"zero-shot-text-to-speech"` ([`ZeroShotTextToSpeechPipeline`]): voice cloning with F5-TTS / E2-TTS and the
+  vocoder the model folder carries, with bare keyword arguments:
+  `pipe(text_or_texts, ref_audio=..., ref_text=..., nfe_step=32, cfg_strength=2.0, sway_sampling_coef=-1.0,
+  speed=1.0, seed=None)` -> `{"audio": float32 numpy (samples,), "sampling_rate": 24000}` (a list for a list).
+- transformers' built-in `"text-to-speech"` pipeline works through `model.generate` (see `hf_tts.synthesis`),
+  with the same options in `forward_params`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import Pipeline
+
+from hf_tts.errors import InputError
+from hf_tts.processing import F5Processor, SynthesisInputs
+from hf_tts.synthesis import SpeechSynthesisMixin, cross_fade, sample_chunks, vocode_chunks
+
+ZERO_SHOT_TTS_TASK = "zero-shot-text-to-speech"
+
+
+class ZeroShotTextToSpeechPipeline(Pipeline):
+    """Text + a reference voice (audio and its transcript) -> speech in that voice. Long texts are split into
+    chunks that are sampled in one batch and cross-faded (see `hf_tts.synthesis`)."""
+
+    _load_tokenizer = False
+    _load_feature_extractor = False
+    _load_image_processor = False
+    _load_processor = False
+    _pipeline_calls_generate = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.model, SpeechSynthesisMixin):
+            raise InputError(f"{ZERO_SHOT_TTS_TASK} needs an F5-TTS or E2-TTS model, got {type(self.model).__name__}")
+        self.model.require_vocoder()
+
+    def _sanitize_parameters(
+        self,
+        ref_audio: Any = None,
+        ref_text: str | None = None,
+        sampling_rate: int | None = None,
+        speed: float | None = None,
+        nfe_step: int | None = None,
+        cfg_strength: float | None = None,
+        sway_sampling_coef: float | None = -1.0,
+        seed: int | None = None,
+    ) -> tuple[dict, dict, dict]:
+        preprocess = {"ref_audio": ref_audio, "ref_text": ref_text, "sampling_rate": sampling_rate}
+        if speed is not None:
+            preprocess["speed"] = speed
+        forward = {"steps": nfe_step, "cfg_strength": cfg_strength, "sway_sampling_coef": sway_sampling_coef}
+        forward["seed"] = seed
+        return preprocess, forward, {}
+
+    def _processor(self) -> F5Processor:
+        return self.model.get_processor(self.processor if isinstance(self.processor, F5Processor) else None)
+
+    def preprocess(
+        self,
+        text: str,
+        ref_audio: Any = None,
+        ref_text: str | None = None,
+        sampling_rate: int | None = None,
+        speed: float = 1.0,
+    ) -> dict[str, SynthesisInputs]:
+        if not isinstance(text, str):
+            raise InputError(f"the text to synthesize must be a string, got {type(text).__name__}")
+        inputs = self._processor()(text, ref_audio, ref_text, sampling_rate=sampling_rate, speed=speed)
+        return {"inputs": inputs}
+
+    def _forward(self, model_inputs: dict[str, SynthesisInputs], **sample_options) -> dict[str, Any]:
+        inputs = model_inputs["inputs"]
+        mels = sample_chunks(self.model, inputs, **sample_options)
+        return {"waves": vocode_chunks(self.model.vocoder, mels, inputs.reference.rms)}
+
+    def postprocess(self, model_outputs: dict[str, Any]) -> dict[str, Any]:
+        rate = self.model.vocoder.config.sampling_rate
+        return {"audio": cross_fade(model_outputs["waves"], rate), "sampling_rate": rate}
+
+
+__all__ = ["ZERO_SHOT_TTS_TASK", "ZeroShotTextToSpeechPipeline"]
+
+
+AUDIO_TO_MOTION_TASK = "audio-to-motion"
+
+
+class AudioToMotionPipeline(Pipeline):
+    """Voice -> motion with a [`CFGMotionModel`]: `pipe(audio, guidance_scale=None, num_inference_steps=None,
+    num_frames=None, sampling_rate=None, seed=None, keyframes=None)` -> `{"motion": float32 (frames, nfeats),
+    "fps": int}`. `audio` is a file path, a 1-D array (at `sampling_rate`, default the model's) or a
+    `{"array", "sampling_rate"}` dict, turned into conditioning by the model's audio encoder after per-utterance
+    normalisation (zero mean, unit variance, as wav2vec2 / HuBERT expect); the motion lasts as long as the audio.
+    Precomputed features work without an audio encoder: pass `{"cond_features": (length, C) array}` and
+    `num_frames`."""
+
+    _load_tokenizer = False
+    _load_feature_extractor = False
+    _load_image_processor = False
+    _load_processor = False
+    _pipeline_calls_generate = False
+
+    def _sanitize_parameters(
+        self,
+        guidance_scale: float | None = None,
+        num_inference_steps: int | None = None,
+        num_frames: int | None = None,
+        sampling_rate: int | None = None,
+        seed: int | None = None,
+        keyframes: Any = None,
+    ) -> tuple[dict, dict, dict]:
+        forward = {
+            "guidance_scale": guidance_scale,
+            "num_inference_steps": num_inference_steps,
+            "num_frames": num_frames,
+            "seed": seed,
+            "keyframes": keyframes,
+        }
+        return {"sampling_rate": sampling_rate}, forward, {}
+
+    def preprocess(self, inputs: Any, sampling_rate: int | None = None) -> dict[str, Any]:
+        import numpy as np
+        import torch
+
+        from hf_tts.audio import load_audio
+
+        config = self.model.config
+        if isinstance(inputs, dict) and "cond_features" in inputs:
+            features = torch.as_tensor(np.asarray(inputs["cond_features"], dtype=np.float32))
+            if features.dim() == 2:
+                features = features[None]
+            return {"cond_features": features.to(self.device)}
+        if self.model.audio_encoder is None:
+            raise InputError(
+                "this model has no audio encoder (config.audio_encoder), so it cannot take audio; pass "
+                "{'cond_features': array} with num_frames instead"
+            )
+        wave = load_audio(inputs, config.audio_sampling_rate, input_sampling_rate=sampling_rate)
+        wave = (wave - wave.mean()) / np.sqrt(wave.var() + 1e-7)
+        return {"audio": torch.from_numpy(wave)[None].to(self.device)}
+
+    def _forward(
+        self,
+        model_inputs: dict[str, Any],
+        guidance_scale: float | None = None,
+        num_inference_steps: int | None = None,
+        num_frames: int | None = None,
+        seed: int | None = None,
+        keyframes: Any = None,
+    ) -> dict[str, Any]:
+        import torch
+
+        if "cond_features" in model_inputs and num_frames is None:
+            raise InputError("num_frames is required with precomputed cond_features (audio sets it from its length)")
+        generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+        if keyframes is not None:
+            keyframes = torch.as_tensor(keyframes, dtype=torch.float32, device=self.device)
+            keyframes = keyframes[None] if keyframes.dim() == 2 else keyframes
+        motion = self.model.generate(
+            **model_inputs,
+            num_frames=num_frames,
+            guidance_scale=guidance_scale,
+            num_inference_steps=num_inference_steps,
+            keyframes=keyframes,
+            generator=generator,
+        )
+        return {"motion": motion}
+
+    def postprocess(self, model_outputs: dict[str, Any]) -> dict[str, Any]:
+        motion = model_outputs["motion"][0].detach().to("cpu").float().numpy()
+        return {"motion": motion, "fps": int(self.model.config.fps)}
+
+
+__all__ += ["AUDIO_TO_MOTION_TASK", "AudioToMotionPipeline"]

@@ -1,0 +1,259 @@
+"""Speech synthesis with a flow-matching TTS model and its Vocos vocoder.
+
+All chunks of one request are sampled in ONE batched ODE solve (each row masked to its own duration; upstream
+samples them one after another), then each chunk's generated frames are vocoded on their own, brought back to the
+reference loudness and joined with upstream's 0.15 s linear cross-fade.
+
+`SpeechSynthesisMixin` gives `FlowMatchingTTSModel` its `vocoder` submodule (saved and loaded with the model when
+`config.vocoder_config` is set), `attach_vocoder`, `synthesize` and the `generate` transformers' text-to-speech
+pipeline calls.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from hf_tts.audio import AudioInput
+from hf_tts.errors import InputError
+from hf_tts.models.vocos.modeling_vocos import VocosModel
+from hf_tts.processing import TARGET_RMS, F5Processor, SynthesisInputs, load_processor
+
+CROSS_FADE_SECONDS = 0.15
+ATTACH_HINT = (
+    "attach one with `hf-tts attach-vocoder MODEL_DIR VOCODER_DIR` (VOCODER_DIR: `hf-tts convert vocos` output or "
+    "an upstream charactr/vocos-mel-24khz folder), `hf-tts convert f5 ... --vocoder DIR`, or "
+    "`model.attach_vocoder(VocosModel.from_pretrained(...))`"
+)
+# Keyword arguments transformers' text-to-speech pipeline adds to every `generate` call; they mean nothing here.
+_PIPELINE_GENERATE_KWARGS = ("max_new_tokens", "return_dict_in_generate", "attention_mask", "input_ids")
+
+
+@dataclass
+class SpeechOutput:
+    audio: np.ndarray  # (samples,) float32 mono
+    sampling_rate: int
+    mel: torch.Tensor  # (n_mels, frames) the generated log-mel, chunks concatenated
+    chunks: list[str]
+
+
+def cross_fade(waves: list[np.ndarray], sampling_rate: int, seconds: float = CROSS_FADE_SECONDS) -> np.ndarray:
+    """Join waves with upstream's linear cross-fade of min(seconds, both lengths) samples."""
+    joined = waves[0]
+    for wave in waves[1:]:
+        overlap = min(int(seconds * sampling_rate), len(joined), len(wave))
+        if overlap <= 0:
+            joined = np.concatenate([joined, wave])
+            continue
+        fade_out = np.linspace(1, 0, overlap, dtype=np.float32)
+        fade_in = np.linspace(0, 1, overlap, dtype=np.float32)
+        blended = joined[-overlap:] * fade_out + wave[:overlap] * fade_in
+        joined = np.concatenate([joined[:-overlap], blended, wave[overlap:]])
+    return joined.astype(np.float32)
+
+
+def sample_chunks(
+    model,
+    inputs: SynthesisInputs,
+    *,
+    progress_callback: Callable[[int, int], None] | None = None,
+    **sample_options,
+) -> list[torch.Tensor]:
+    """One batched `model.sample` over every chunk; returns each chunk's generated frames (frames_i, n_mels),
+    starting at upstream's `ref_audio_len` (so one frame overlaps the prompt, as upstream keeps it)."""
+    mel = model.sample(inputs.cond, inputs.text, inputs.duration, progress_callback=progress_callback, **sample_options)
+    return [mel[row, inputs.ref_frames : int(total)] for row, total in enumerate(inputs.duration.tolist())]
+
+
+def vocode_chunks(vocoder: VocosModel, mels: list[torch.Tensor], reference_rms: float) -> list[np.ndarray]:
+    """Decode each chunk's mel on its own (the vocoder's convolutions must not see another chunk's padding) and
+    restore the reference loudness when it was raised to the target RMS."""
+    gain = reference_rms / TARGET_RMS if reference_rms < TARGET_RMS else 1.0
+    waves = []
+    with torch.inference_mode():
+        for mel in mels:
+            wave = vocoder.decode(mel.T[None].to(vocoder.device, vocoder.dtype))[0]
+            waves.append((wave.float().cpu().numpy() * gain).astype(np.float32))
+    return waves
+
+
+class SpeechSynthesisMixin:
+    """Vocoder and speech synthesis for `FlowMatchingTTSModel` (F5-TTS, E2-TTS)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        vocoder_config = getattr(config, "vocoder_config", None)
+        self.vocoder = VocosModel(vocoder_config) if vocoder_config is not None else None
+
+    @classmethod
+    def can_generate(cls) -> bool:
+        # transformers' text-to-speech pipeline calls `generate` only on models that say they can generate.
+        return True
+
+    def attach_vocoder(self, vocoder: VocosModel) -> None:
+        """Carry `vocoder` as a submodule: saved with `save_pretrained`, loaded back by `from_pretrained`."""
+        if not isinstance(vocoder, VocosModel):
+            raise InputError(f"the vocoder must be a VocosModel, got {type(vocoder).__name__}")
+        voc, own = vocoder.config, self.config
+        mismatched = [
+            f"{name} {getattr(voc, name)} vs {getattr(own, other)}"
+            for name, other in (("sampling_rate", "sampling_rate"), ("n_mels", "mel_dim"), ("hop_length", "hop_length"))
+            if getattr(voc, name) != getattr(own, other)
+        ]
+        if mismatched:
+            raise InputError(f"the vocoder does not fit this model's mel: {', '.join(mismatched)} (vocoder vs model)")
+        self.vocoder = vocoder.to(self.device)
+        self.config.vocoder_config = vocoder.config
+
+    def require_vocoder(self) -> VocosModel:
+        if self.vocoder is None:
+            raise InputError(f"this model has no vocoder, so it can only make mel spectrograms; {ATTACH_HINT}")
+        return self.vocoder
+
+    def get_processor(self, processor: F5Processor | None = None) -> F5Processor:
+        """`processor`, or the one of the folder / repo the model was loaded from (cached)."""
+        if processor is not None:
+            return processor
+        source = getattr(self, "name_or_path", "") or ""
+        if not source:
+            raise InputError(
+                "this model was not loaded from a folder, so its tokenizer is unknown; pass "
+                "processor=load_processor(FOLDER, model.config) or F5Processor(F5FeatureExtractor(), F5Tokenizer(...))"
+            )
+        cached = getattr(self, "_cached_processor", None)
+        if cached is None or cached[0] != source:
+            cached = (source, load_processor(source, self.config))
+            self._cached_processor = cached
+        return cached[1]
+
+    def synthesize(
+        self,
+        text: str,
+        ref_audio: AudioInput,
+        ref_text: str,
+        *,
+        processor: F5Processor | None = None,
+        sampling_rate: int | None = None,
+        nfe_step: int | None = None,
+        cfg_strength: float | None = None,
+        sway_sampling_coef: float | None = -1.0,
+        speed: float = 1.0,
+        seed: int | None = None,
+        progress: bool = False,
+    ) -> SpeechOutput:
+        """Speak `text` in the voice of `ref_audio` (whose transcript is `ref_text`). `nfe_step` / `cfg_strength`
+        default to the config's sampling settings; `seed` makes the noise reproducible (each chunk is seeded
+        alike); `progress` shows tqdm bars over the batched ODE steps and the vocoded chunks."""
+        from tqdm.auto import tqdm
+
+        vocoder = self.require_vocoder()
+        inputs = self.get_processor(processor)(text, ref_audio, ref_text, sampling_rate=sampling_rate, speed=speed)
+        label = f"{len(inputs.chunks)} chunk{'s' if len(inputs.chunks) > 1 else ''}"
+        with tqdm(desc=f"sampling {label}", unit="step", disable=not progress) as bar:
+
+            def advance(step: int, total: int) -> None:
+                bar.total = total
+                bar.update(step + 1 - bar.n)
+
+            mels = sample_chunks(
+                self,
+                inputs,
+                steps=nfe_step,
+                cfg_strength=cfg_strength,
+                sway_sampling_coef=sway_sampling_coef,
+                seed=seed,
+                progress_callback=advance,
+            )
+        waves = [
+            vocode_chunks(vocoder, [mel], inputs.reference.rms)[0]
+            for mel in tqdm(mels, desc="vocoding", unit="chunk", disable=not progress)
+        ]
+        rate = vocoder.config.sampling_rate
+        return SpeechOutput(
+            audio=cross_fade(waves, rate),
+            sampling_rate=rate,
+            mel=torch.cat(mels, dim=0).T.float().cpu(),
+            chunks=inputs.chunks,
+        )
+
+    def generate(
+        self,
+        text: list[str] | str | None = None,
+        processor: F5Processor | None = None,
+        ref_audio: AudioInput | None = None,
+        ref_text: str | None = None,
+        **options,
+    ) -> dict[str, list[torch.Tensor] | torch.Tensor]:
+        """What transformers' text-to-speech pipeline calls: `pipe(text, forward_params={"ref_audio": ...,
+        "ref_text": ..., "nfe_step": ...})`. Returns {"audio": (1, samples) tensor, or a list for several texts}."""
+        if text is None:
+            raise InputError(
+                "generate needs the raw text: load the pipeline from a folder with processor_config.json, or pass "
+                "processor=F5Processor(...) to pipeline(...) (a tokenizer alone cannot recover the text)"
+            )
+        for name in _PIPELINE_GENERATE_KWARGS:
+            options.pop(name, None)
+        texts = [text] if isinstance(text, str) else list(text)
+        audio = [
+            torch.from_numpy(self.synthesize(item, ref_audio, ref_text, processor=processor, **options).audio)[None]
+            for item in texts
+        ]
+        return {"audio": audio[0] if len(audio) == 1 else audio}
+
+
+def load_speech_model(
+    source, *, device: str | torch.device | None = None, dtype: torch.dtype | str = torch.float32
+) -> SpeechSynthesisMixin:
+    """A model object, or a folder / repo id loaded with AutoModel (in `dtype`; "auto" keeps the saved one)."""
+    if isinstance(source, (str, os.PathLike)):
+        from transformers import AutoModel
+
+        try:
+            model = AutoModel.from_pretrained(str(source), dtype=dtype)
+        except (OSError, ValueError) as error:
+            raise InputError(f"could not load a model from {source}: {str(error).strip().splitlines()[0]}") from error
+    else:
+        model = source
+    if not isinstance(model, SpeechSynthesisMixin):
+        raise InputError(f"{type(model).__name__} cannot synthesize speech; use an F5-TTS or E2-TTS model")
+    if device is not None:
+        model = model.to(device)
+    return model.eval()
+
+
+def attach_vocoder_to_folder(
+    model_dir: str | os.PathLike, vocoder_source: str | os.PathLike, out_dir: str | os.PathLike | None = None
+) -> str:
+    """Write `model_dir` with the vocoder from `vocoder_source` attached (in place, atomically, unless `out_dir`),
+    plus its processor, so the folder alone gives speech. Returns the folder written."""
+    from hf_tts.convert.vocos import load_vocos
+    from hf_tts.file_utils import atomic_output_dir
+
+    vocoder = load_vocos(vocoder_source)
+    model = load_speech_model(model_dir, dtype="auto")
+    model.attach_vocoder(vocoder)
+    processor = load_processor(model_dir, model.config)
+    target = out_dir if out_dir is not None else model_dir
+    with atomic_output_dir(target, overwrite=out_dir is None) as staging:
+        # the folder's other files (tokenizer, model card) come along; weights and config are rewritten
+        shutil.copytree(model_dir, staging, dirs_exist_ok=True)
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+    return str(target)
+
+
+__all__ = [
+    "CROSS_FADE_SECONDS",
+    "SpeechOutput",
+    "SpeechSynthesisMixin",
+    "attach_vocoder_to_folder",
+    "cross_fade",
+    "load_speech_model",
+    "sample_chunks",
+    "vocode_chunks",
+]

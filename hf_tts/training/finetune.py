@@ -1,0 +1,289 @@
+"""`finetune()`: the whole fine-tuning job behind `hf-tts finetune`.
+
+Load a package model (folder or Hub repo id) and its tokenizer, read the data (upstream's `metadata.csv` folder or
+a `datasets.save_to_disk` folder), check or extend the vocab, train with `HfTtsTrainer` + `EMACallback`, and write
+the result atomically: EMA weights as the default weights, the trained ones as the `online` variant, the tokenizer,
+`training_log.json` (every logged step) and a model card recording the data, the steps and the final loss.
+Intermediate Trainer checkpoints (with the EMA) go to `checkpoint_dir` when `save_steps > 0`; `resume=True`
+continues from the last one there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hf_tts.errors import InputError
+from hf_tts.file_utils import atomic_output_dir
+
+logger = logging.getLogger(__name__)
+
+# Upstream finetune_cli defaults: 3200 frames (~34 s of audio) per batch, at most 64 clips, lr 1e-5.
+DEFAULT_BATCH_FRAMES = 3200
+DEFAULT_MAX_SAMPLES = 64
+DEFAULT_LEARNING_RATE = 1e-5
+TRAINING_LOG_NAME = "training_log.json"
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class FinetuneResult:
+    """What a fine-tuning run produced."""
+
+    out_dir: Path
+    steps: int
+    num_rows: int
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    added_tokens: list[str] = field(default_factory=list)
+
+    @property
+    def final_loss(self) -> float | None:
+        return self.losses[-1][1] if self.losses else None
+
+    def summary(self) -> str:
+        first = f"{self.losses[0][1]:.4f}" if self.losses else "n/a"
+        last = f"{self.final_loss:.4f}" if self.losses else "n/a"
+        return f"trained {self.steps} steps on {self.num_rows} rows; loss {first} -> {last}; written to {self.out_dir}"
+
+
+def _load_model_and_tokenizer(model_id: str) -> tuple[Any, Any]:
+    from transformers import AutoModel, AutoTokenizer
+
+    import hf_tts  # noqa: F401  (registers the model types)
+    from hf_tts.flow_matching import FlowMatchingTTSModel
+
+    try:
+        model = AutoModel.from_pretrained(model_id, dtype=torch.float32)
+    except (OSError, ValueError) as error:
+        raise InputError(f"cannot load the model {model_id!r}: {str(error).strip().splitlines()[0]}") from error
+    tokenizer = None
+    if isinstance(model, FlowMatchingTTSModel):
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(model_id)
+        except (OSError, ValueError) as error:
+            raise InputError(
+                f"cannot load the tokenizer of {model_id!r} (a model folder needs its vocab.txt): "
+                f"{str(error).strip().splitlines()[0]}"
+            ) from error
+    return model, tokenizer
+
+
+def _load_rows(data: str | os.PathLike) -> Any:
+    """A `datasets.Dataset` from a metadata.csv folder or a `save_to_disk` folder."""
+    from datasets import Dataset, load_from_disk
+
+    from hf_tts.training.data import METADATA_FILE, load_metadata_folder
+
+    path = Path(data)
+    if not path.is_dir():
+        raise InputError(f"--data {path} is not a folder (expected a {METADATA_FILE} folder or a saved dataset)")
+    if (path / METADATA_FILE).is_file():
+        return load_metadata_folder(path)
+    if (path / "dataset_info.json").is_file() or (path / "state.json").is_file():
+        dataset = load_from_disk(str(path))
+        if not isinstance(dataset, Dataset):
+            if "train" not in dataset:
+                raise InputError(f"{path} is a DatasetDict without a 'train' split ({', '.join(dataset)})")
+            dataset = dataset["train"]
+        return dataset
+    raise InputError(
+        f"--data {path} has neither a {METADATA_FILE} (upstream's layout: 'audio_file|text' lines) nor a dataset "
+        "saved with datasets' save_to_disk"
+    )
+
+
+def _is_local(model_id: str) -> bool:
+    return Path(model_id).exists()
+
+
+def finetune(
+    model_id: str,
+    data: str | os.PathLike | Any,
+    out_dir: str | os.PathLike,
+    *,
+    max_steps: int = 1000,
+    learning_rate: float = DEFAULT_LEARNING_RATE,
+    batch_frames: int | None = None,
+    batch_size: int = 8,
+    max_samples: int = DEFAULT_MAX_SAMPLES,
+    gradient_accumulation_steps: int = 1,
+    warmup_steps: int = 0,
+    weight_decay: float = 0.0,
+    max_grad_norm: float = 1.0,
+    ema_decay: float = 0.9999,
+    ema_update_after_step: int = 100,
+    ema_update_every: int = 10,
+    precompute_mel: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+    extend_vocab: bool = False,
+    allow_unknown_tokens: bool = False,
+    gradient_checkpointing: bool = False,
+    precision: str = "auto",
+    logging_steps: int = 10,
+    save_steps: int = 0,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    seed: int = 0,
+    use_cpu: bool = False,
+    progress: bool = True,
+    overwrite: bool = False,
+    push_to_hub: str | None = None,
+    private: bool = False,
+    token: str | None = None,
+) -> FinetuneResult:
+    """Fine-tune `model_id` (a package model folder or Hub repo id) on `data` and write the result to `out_dir`.
+
+    F5/E2 models train on audio + text (`data`: a metadata.csv folder, a saved dataset or a `datasets.Dataset`
+    with `audio` and `text` columns); the motion model trains on `cond_features` / `motion` / optional `mask` rows
+    and keeps its `freeze_quantizer` front end bit for bit. Batches hold `batch_frames` frames (upstream's
+    frame-based batches; default 3200 for F5/E2 and `batch_size` rows for the motion model; 0: `batch_size` rows).
+    The EMA follows upstream's schedule with `ema_decay` as its limit.
+    """
+    from transformers import TrainingArguments
+
+    from hf_tts.flow_matching import FlowMatchingTTSModel
+    from hf_tts.training.data import FlowMatchingDataCollator, find_unknown_tokens, mel_spectrogram_for
+    from hf_tts.training.data import prepare_tts_dataset
+    from hf_tts.training.ema import EMACallback
+    from hf_tts.training.motion_data import MotionDataCollator, prepare_motion_dataset
+    from hf_tts.training.trainer import HfTtsTrainer, bf16_available, loss_history, save_trained_model
+    from hf_tts.training.vocab import extend_vocabulary
+
+    if max_steps < 1:
+        raise InputError(f"--max-steps must be >= 1, got {max_steps}")
+    if learning_rate <= 0:
+        raise InputError(f"--lr must be > 0, got {learning_rate}")
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "bf16" and not bf16_available():
+        raise InputError("--precision bf16 needs a CUDA GPU with bf16 support; use auto or fp32 here")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise InputError(f"output folder {out_dir} already exists; choose another --out or pass --overwrite")
+    if resume and (checkpoint_dir is None or save_steps <= 0):
+        raise InputError("resuming needs the checkpoint folder (--checkpoint-dir) and --save-steps > 0")
+
+    model, tokenizer = _load_model_and_tokenizer(model_id)
+    dataset = data if not isinstance(data, (str, os.PathLike)) else _load_rows(data)
+    added_tokens: list[str] = []
+    if isinstance(model, FlowMatchingTTSModel):
+        if extend_vocab:
+            if "text" not in dataset.column_names:
+                raise InputError(f"the data has no 'text' column (columns: {', '.join(dataset.column_names)})")
+            tokenizer, added_tokens = extend_vocabulary(
+                model, tokenizer, find_unknown_tokens(dataset["text"], tokenizer)
+            )
+        train_rows = prepare_tts_dataset(
+            dataset,
+            tokenizer,
+            model.config,
+            precompute_mel=precompute_mel,
+            cache_dir=cache_dir,
+            allow_unknown_tokens=allow_unknown_tokens,
+        )
+        collator = FlowMatchingDataCollator(None if precompute_mel else mel_spectrogram_for(model.config))
+        batch_frames = DEFAULT_BATCH_FRAMES if batch_frames is None else batch_frames
+    else:
+        if extend_vocab:
+            raise InputError(f"--extend-vocab applies to F5/E2 models, not {type(model).__name__}")
+        train_rows = prepare_motion_dataset(dataset, model.config)
+        collator = MotionDataCollator()
+
+    use_bf16 = precision == "bf16" or (precision == "auto" and bf16_available() and not use_cpu)
+    with tempfile.TemporaryDirectory(prefix="hf_tts-finetune-") as scratch:
+        trainer_dir = Path(checkpoint_dir) if save_steps > 0 and checkpoint_dir else Path(scratch)
+        args = TrainingArguments(
+            output_dir=str(trainer_dir),
+            max_steps=max_steps,
+            learning_rate=learning_rate,
+            per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            warmup_steps=warmup_steps,
+            weight_decay=weight_decay,
+            max_grad_norm=max_grad_norm,
+            logging_steps=max(1, min(logging_steps, max_steps)),
+            save_strategy="steps" if save_steps > 0 else "no",
+            save_steps=save_steps if save_steps > 0 else 500,
+            activation_checkpointing=gradient_checkpointing,
+            bf16=use_bf16,
+            seed=seed,
+            use_cpu=use_cpu,
+            report_to=[],
+            disable_tqdm=not progress,
+            remove_unused_columns=False,
+        )
+        ema = EMACallback(
+            max_decay=ema_decay, update_after_step=ema_update_after_step, update_every=ema_update_every
+        )
+        trainer = HfTtsTrainer(
+            model=model,
+            args=args,
+            train_dataset=train_rows,
+            data_collator=collator,
+            callbacks=[ema],
+            batch_frames=batch_frames or None,
+            max_samples=max_samples,
+        )
+        trainer.train(resume_from_checkpoint=True if resume else None)
+        losses = loss_history(trainer)
+
+    result = FinetuneResult(
+        out_dir=out_dir.absolute(),
+        steps=trainer.state.global_step,
+        num_rows=len(train_rows),
+        losses=losses,
+        added_tokens=added_tokens,
+    )
+    with atomic_output_dir(out_dir, overwrite=overwrite) as staging:
+        save_trained_model(staging, trainer.model, ema=ema, tokenizer=tokenizer)
+        (staging / TRAINING_LOG_NAME).write_text(json.dumps(trainer.state.log_history, indent=2), encoding="utf-8")
+        _write_card(staging, out_dir.name, model_id, data, result, trainer, ema, batch_frames or None)
+    if push_to_hub:
+        from hf_tts.hub.push import push_folder
+
+        push_folder(out_dir, push_to_hub, private=private, token=token)
+    return result
+
+
+def _write_card(
+    folder: Path, out_name: str, model_id: str, data: Any, result: FinetuneResult, trainer, ema, batch_frames
+) -> None:
+    from hf_tts.hub.cards import write_model_card
+    from hf_tts.training.trainer import ONLINE_VARIANT
+
+    args = trainer.args
+    training = {
+        "data": str(data) if isinstance(data, (str, os.PathLike)) else f"datasets.Dataset ({result.num_rows} rows)",
+        "rows": result.num_rows,
+        "steps": result.steps,
+        "final_loss": round(result.final_loss, 6) if result.final_loss is not None else None,
+        "first_loss": round(result.losses[0][1], 6) if result.losses else None,
+        "learning_rate": args.learning_rate,
+        "batch_frames": batch_frames if batch_frames is not None else f"{args.per_device_train_batch_size} rows",
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "ema": f"decay {ema.max_decay}, after {ema.update_after_step} steps, every {ema.update_every}",
+        "online_weights": f'from_pretrained(..., variant="{ONLINE_VARIANT}")',
+        "precision": "bf16" if args.bf16 else "fp32",
+        "added_tokens": len(result.added_tokens),
+    }
+    local = _is_local(model_id)
+    write_model_card(
+        folder,
+        kind="finetune",
+        config=trainer.model.config,
+        base_model=None if local else model_id,
+        base_model_relation=None if local else "finetune",
+        sources=[{"name": str(Path(model_id).absolute()) if local else model_id}],
+        model_id=f"./{out_name}",
+        extra_context={"training": training},
+    )
+
+
+__all__ = ["DEFAULT_BATCH_FRAMES", "FinetuneResult", "PRECISIONS", "TRAINING_LOG_NAME", "finetune"]

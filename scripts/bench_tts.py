@@ -1,0 +1,339 @@
+"""F5-TTS sampling speed: hf_tts against upstream F5-TTS (PyPI `f5-tts`) on the same weights, inputs and noise.
+
+    python scripts/bench_tts.py            # F5TTS_v1_Base size (about 25 minutes on 2 CPU cores)
+    python scripts/bench_tts.py --quick    # F5TTS_v1_Small size, shorter texts (under 5 minutes)
+
+Upstream is installed into its own virtualenv (`.bench_venv/`, created on first use: `torch==2.13.0`, `f5-tts`
+without its dependencies, and the few packages its model code imports) and runs in a subprocess
+(`scripts/_upstream_runner.py`); the two implementations never share a process. Tensors travel through safetensors
+files in a temporary folder.
+
+Steps: random F5-TTS weights of the chosen size are saved in the released checkpoint layout, converted with
+`hf_tts.convert.f5.convert_f5_checkpoint` and loaded into both implementations. Both get the same reference mel,
+token ids and initial noise (upstream draws it from `seed`; ours receives the identical tensor as `latents`), and the
+outputs must agree within 1e-4 before any timing is reported. Measured, interleaved upstream/ours so both see the
+same machine load, best of `--repeats`:
+- single utterance: one `sample()` at 32 NFE, CFG 2, sway -1, fp32: wall time and real-time factor (wall time over
+  the duration of the generated audio);
+- long form: a ten-sentence paragraph cut into one chunk per sentence (upstream's `chunk_text` rule); upstream samples
+  the chunks one by one (sequentially, and in a thread pool as its `infer_batch_process` does; the faster of the two
+  is the baseline), ours in one batched solve.
+The last two lines are the speed-ups.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from hf_tts.convert.f5 import convert_f5_checkpoint
+from hf_tts.models.f5.configuration_f5 import F5TTSConfig
+from hf_tts.models.f5.modeling_f5 import F5TTSModel
+from hf_tts.processing import chunk_text, estimate_duration, normalize_reference_text, prompt_text
+from hf_tts.tokenization_f5 import F5Tokenizer
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RUNNER = Path(__file__).resolve().parent / "_upstream_runner.py"
+UPSTREAM_VERSION = "1.1.20"
+# What upstream's model code needs at run time; everything else it imports is stubbed by the runner.
+UPSTREAM_RUNTIME_PACKAGES = ["x-transformers", "einops", "torchdiffeq", "safetensors", "numpy", "tqdm", "ema_pytorch"]
+TOLERANCE = 1e-4
+VOCAB_SIZE = 2545  # released vocab.txt size; only the embedding shape matters for speed
+HOP_LENGTH, SAMPLING_RATE = 256, 24000
+
+REFERENCE_TEXT = "The quick brown fox jumps over the lazy dog."
+SINGLE_TEXT = "She sells sea shells by the sea shore, every single summer."
+PARAGRAPH = (
+    "The morning was quiet. Birds sang in the old oak tree. A cat watched them from the fence. "
+    "The baker opened his shop at seven. Fresh bread filled the street with warmth. Children ran past on their "
+    "way to school. A bus stopped at the corner. The driver waved to a friend. Clouds drifted over the hills. "
+    "It was going to be a fine day."
+)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    preset: str
+    reference_seconds: float
+    single_text: str
+    paragraph: str
+    repeats: int
+    threaded_upstream: bool
+
+
+FULL = BenchConfig("F5TTS_v1_Base", 1.5, SINGLE_TEXT, PARAGRAPH, repeats=2, threaded_upstream=True)
+QUICK = BenchConfig(
+    "F5TTS_v1_Small",
+    1.0,
+    "She sells sea shells.",
+    "Birds sang. A cat watched. The shop opened. Bread was warm. Kids ran. A bus stopped. He waved. "
+    "Clouds drifted. It was calm. Day began.",
+    repeats=1,
+    threaded_upstream=False,
+)
+SAMPLING = {"steps": 32, "cfg_strength": 2.0, "sway_sampling_coef": -1.0, "seed": 1234}
+
+
+def ensure_upstream_venv(venv: Path) -> Path:
+    """The benchmark virtualenv's python, creating the venv and installing upstream into it when needed."""
+    python = venv / "bin" / "python"
+    probe = [str(python), "-c", "import f5_tts.model.cfm, x_transformers, torchdiffeq, safetensors"]
+    if python.exists() and subprocess.run(probe, capture_output=True, env=_runner_env()).returncode == 0:
+        return python
+    print(f"installing upstream f5-tts {UPSTREAM_VERSION} into {venv} ...", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(python), "-m", "pip", "install", "--quiet"]
+    subprocess.run([*pip, "torch==2.13.0"], check=True)  # the CPU wheel this project pins; never another torch
+    subprocess.run([*pip, "--no-deps", f"f5-tts=={UPSTREAM_VERSION}"], check=True)
+    subprocess.run([*pip, *UPSTREAM_RUNTIME_PACKAGES], check=True)
+    return python
+
+
+def _runner_env() -> dict[str, str]:
+    # keep our checkout (and its editable install) off the upstream interpreter's path
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONNOUSERSITE"] = "1"
+    return env
+
+
+def write_random_checkpoint(config: F5TTSConfig, path: Path, seed: int) -> None:
+    """Random weights in the released layout (`ema_model.transformer.*` + `initted` + `step`). Every tensor is
+    drawn, zero-initialised adaLN and output layers included, so no branch of the network is skipped."""
+    torch.manual_seed(seed)
+    model = F5TTSModel(config)
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if not name.startswith("backbone."):
+            continue
+        values = torch.randn(tensor.shape) * 0.02 if tensor.is_floating_point() else tensor
+        state["ema_model.transformer." + name.removeprefix("backbone.")] = values.contiguous()
+    head_dim = config.dim_head
+    state["ema_model.transformer.rotary_embed.inv_freq"] = 1.0 / (10000 ** (torch.arange(0, head_dim, 2) / head_dim))
+    state["initted"] = torch.tensor(True)
+    state["step"] = torch.tensor(1250000)
+    save_file(state, str(path))
+
+
+def write_vocab(path: Path) -> None:
+    """A vocab.txt of the released size: space, printable ASCII, then filler tokens."""
+    ascii_tokens = [chr(c) for c in range(33, 127)]
+    fillers = [f"<unused{i}>" for i in range(VOCAB_SIZE - 1 - len(ascii_tokens))]
+    path.write_text("\n".join([" ", *ascii_tokens, *fillers]) + "\n", encoding="utf-8")
+
+
+def upstream_arch(config: F5TTSConfig) -> dict:
+    """The `DiT(**arch)` keywords upstream builds this config with (its YAML `model.arch` + injected sizes)."""
+    keys = ("dim", "depth", "heads", "dim_head", "ff_mult", "text_dim", "conv_layers", "text_mask_padding")
+    arch = {key: getattr(config, key) for key in keys}
+    arch.update(qk_norm=config.qk_norm, pe_attn_head=config.pe_attn_head, text_num_embeds=config.text_num_embeds)
+    arch["mel_dim"] = config.mel_dim
+    return arch
+
+
+def reference_wave(seconds: float) -> torch.Tensor:
+    """A voiced-sounding test signal (harmonics of a gliding 140 Hz tone with a syllable-rate envelope)."""
+    t = torch.arange(int(seconds * SAMPLING_RATE)) / SAMPLING_RATE
+    f0 = 140 + 20 * torch.sin(2 * math.pi * 0.7 * t)
+    phase = 2 * math.pi * torch.cumsum(f0, 0) / SAMPLING_RATE
+    voiced = sum(torch.sin(k * phase) / k for k in range(1, 12))
+    envelope = 0.5 + 0.5 * torch.sin(2 * math.pi * 4 * t).clamp(min=0)
+    return (0.1 * voiced * envelope)[None].float()
+
+
+def seeded_noise(durations: list[int], mel_dim: int, seed: int) -> torch.Tensor:
+    """Upstream's initial noise: `manual_seed(seed)` then `randn(duration, mel_dim)` per sample, zero-padded."""
+    rows = []
+    for frames in durations:
+        torch.manual_seed(seed)
+        rows.append(torch.randn(frames, mel_dim))
+    return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
+
+
+class UpstreamProcess:
+    """The upstream worker subprocess: one job per request line, one JSON timing line back."""
+
+    def __init__(self, python: Path, workdir: Path):
+        self.workdir = workdir
+        self.process = subprocess.Popen(
+            [str(python), str(RUNNER), str(workdir)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=_runner_env(),
+            cwd=workdir,
+        )
+        self._read()
+
+    def _read(self) -> dict:
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the upstream worker exited with code {self.process.wait()} (see its stderr above)")
+        return json.loads(line)
+
+    def run(self, job: str, save: bool = False) -> tuple[float, dict[str, torch.Tensor]]:
+        self.process.stdin.write(json.dumps({"job": job, "save": save}) + "\n")
+        self.process.stdin.flush()
+        seconds = self._read()["seconds"]
+        outputs = load_file(str(self.workdir / "outputs.safetensors")) if save else {}
+        return seconds, outputs
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def timed(fn) -> tuple[float, torch.Tensor]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line]
+        cpu = names[0] if names else cpu
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+
+
+def check_agreement(label: str, ours: torch.Tensor, upstream: torch.Tensor) -> None:
+    diff = (ours - upstream).abs().max().item()
+    print(f"  {label}: max |ours - upstream| = {diff:.2e} (output max |x| {upstream.abs().max().item():.2f})")
+    if not diff <= TOLERANCE:
+        raise SystemExit(f"outputs disagree ({label}: {diff:.2e} > {TOLERANCE:.0e}); timings would be meaningless")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="F5TTS_v1_Small size and short texts (< 5 min)")
+    parser.add_argument("--venv", type=Path, default=REPO_ROOT / ".bench_venv", help="upstream virtualenv")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (best is reported)")
+    args = parser.parse_args()
+    bench = QUICK if args.quick else FULL
+    repeats = args.repeats or bench.repeats
+    python = ensure_upstream_venv(args.venv)
+
+    with tempfile.TemporaryDirectory(prefix="bench_tts_") as tmp:
+        workdir = Path(tmp)
+        config = F5TTSConfig.from_preset(bench.preset, text_num_embeds=VOCAB_SIZE)
+        write_random_checkpoint(config, workdir / "model_ema.safetensors", SAMPLING["seed"])
+        write_vocab(workdir / "vocab.txt")
+        converted = convert_f5_checkpoint(
+            workdir / "model_ema.safetensors", bench.preset, workdir / "vocab.txt", workdir / "converted"
+        )
+        model = F5TTSModel.from_pretrained(converted, dtype=torch.float32).eval()
+        tokenizer = F5Tokenizer.from_pretrained(converted)
+
+        wave = reference_wave(bench.reference_seconds)
+        ref_mel = model.mel_spec(wave).transpose(1, 2).contiguous()  # (1, frames, n_mels), upstream's mel
+        ref_frames = wave.shape[-1] // HOP_LENGTH  # upstream's ref_audio_len
+        ref_text = prompt_text(normalize_reference_text(REFERENCE_TEXT))
+        single_duration = estimate_duration(ref_frames, ref_text, bench.single_text)
+        chunks = chunk_text(bench.paragraph, max_bytes=1)  # one sentence per chunk
+        chunk_durations = [estimate_duration(ref_frames, ref_text, chunk) for chunk in chunks]
+        single_ids = tokenizer.encode_batch(ref_text + bench.single_text).ids
+        chunk_ids = tokenizer.encode_batch([ref_text + chunk for chunk in chunks]).ids
+
+        inputs = {"ref_mel": ref_mel, "single_text": single_ids}
+        inputs.update({f"chunk_text_{i}": ids[ids != -1][None] for i, ids in enumerate(chunk_ids)})
+        save_file(inputs, str(workdir / "inputs.safetensors"))
+        request = {
+            "arch": upstream_arch(config),
+            "settings": SAMPLING,
+            "single_duration": single_duration,
+            "chunk_durations": chunk_durations,
+            "num_threads": torch.get_num_threads(),
+        }
+        (workdir / "request.json").write_text(json.dumps(request))
+
+        mel_dim = config.mel_dim
+        options = {k: SAMPLING[k] for k in ("steps", "cfg_strength", "sway_sampling_coef")}
+        single_noise = seeded_noise([single_duration], mel_dim, SAMPLING["seed"])
+        batch_noise = seeded_noise(chunk_durations, mel_dim, SAMPLING["seed"])
+        batch_cond = ref_mel.expand(len(chunks), -1, -1)
+
+        def ours_single() -> torch.Tensor:
+            return model.sample(ref_mel, single_ids, single_duration, latents=single_noise, **options)
+
+        def ours_longform() -> torch.Tensor:
+            return model.sample(batch_cond, chunk_ids, torch.tensor(chunk_durations), latents=batch_noise, **options)
+
+        generated_single = (single_duration - ref_frames) * HOP_LENGTH / SAMPLING_RATE
+        generated_long = sum(d - ref_frames for d in chunk_durations) * HOP_LENGTH / SAMPLING_RATE
+        print(f"machine: {machine_description()}")
+        print(
+            f"model: {bench.preset} layout, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
+            f"random weights; {SAMPLING['steps']} NFE, CFG {SAMPLING['cfg_strength']}, sway "
+            f"{SAMPLING['sway_sampling_coef']}, fp32"
+        )
+        print(f"single utterance: {single_duration} frames ({generated_single:.2f} s generated after the prompt)")
+        print(
+            f"long form: {len(chunks)} chunks of {min(chunk_durations)}-{max(chunk_durations)} frames "
+            f"({generated_long:.2f} s generated)"
+        )
+
+        upstream = UpstreamProcess(python, workdir)
+        try:
+            upstream.run("warmup")
+            model.sample(ref_mel, single_ids, single_duration, latents=single_noise, **{**options, "steps": 2})
+
+            print("agreement (fp32, same weights, inputs and noise):")
+            up_single_times, our_single_times = [], []
+            seconds, up_out = upstream.run("single", save=True)
+            up_single_times.append(seconds)
+            seconds, our_out = timed(ours_single)
+            our_single_times.append(seconds)
+            check_agreement("single utterance", our_out, up_out["single"])
+            for _ in range(repeats - 1):
+                up_single_times.append(upstream.run("single")[0])
+                our_single_times.append(timed(ours_single)[0])
+
+            seconds, up_out = upstream.run("longform_sequential", save=True)
+            up_sequential = [seconds]
+            seconds, our_out = timed(ours_longform)
+            our_long_times = [seconds]
+            for i, frames in enumerate(chunk_durations):
+                check_agreement(f"long-form chunk {i}", our_out[i, :frames], up_out[f"chunk_{i}"][0])
+            up_threaded = []
+            for repeat in range(repeats):
+                if repeat:
+                    up_sequential.append(upstream.run("longform_sequential")[0])
+                    our_long_times.append(timed(ours_longform)[0])
+                if bench.threaded_upstream:
+                    up_threaded.append(upstream.run("longform_threaded")[0])
+        finally:
+            upstream.close()
+
+    up_single, our_single = min(up_single_times), min(our_single_times)
+    up_long_modes = {"sequential": min(up_sequential)}
+    if up_threaded:
+        up_long_modes["thread pool"] = min(up_threaded)
+    baseline_mode = min(up_long_modes, key=up_long_modes.get)
+    up_long, our_long = up_long_modes[baseline_mode], min(our_long_times)
+
+    print(f"single utterance (best of {repeats}):")
+    print(f"  upstream: {up_single:8.2f} s  RTF {up_single / generated_single:6.2f}")
+    print(f"  hf_tts:   {our_single:8.2f} s  RTF {our_single / generated_single:6.2f}")
+    print(f"long form, {len(chunks)} sentences (best of {repeats}):")
+    for mode, seconds in up_long_modes.items():
+        print(f"  upstream chunk by chunk, {mode}: {seconds:8.2f} s  RTF {seconds / generated_long:6.2f}")
+    print(f"  hf_tts batched solve:     {our_long:8.2f} s  RTF {our_long / generated_long:6.2f}")
+    print(f"single-utterance speedup vs upstream: {up_single / our_single:.2f}x")
+    print(f"long-form speedup vs upstream: {up_long / our_long:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,316 @@
+"""Merge helper: numbers against hand-computed merges, every validation error, inputs untouched, determinism, card."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from merge_utils import VOCAB, make_f5_folder, rewrite_weights, tree_sha256, weights
+from safetensors import safe_open
+from transformers import AutoModel
+
+import hf_tts
+from hf_tts.errors import CheckpointMismatchError, InputError
+from hf_tts.merge import MergeRecipe
+from hf_tts.merge.plan import build_plan
+
+# Every comparison is fp32 output against a float64 hand computation from the input files.
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> list[Path]:
+    root = tmp_path_factory.mktemp("merge_sources")
+    return [make_f5_folder(root / name, seed) for seed, name in enumerate(["a", "b", "c", "base"])]
+
+
+def _as64(state):
+    return {key: value.double().numpy() for key, value in state.items() if value.is_floating_point()}
+
+
+def _assert_close(output: dict[str, torch.Tensor], expected: dict[str, np.ndarray]) -> None:
+    assert set(expected) <= set(output)
+    for key, value in expected.items():
+        np.testing.assert_allclose(output[key].double().numpy(), value, rtol=0, atol=TOLERANCE, err_msg=key)
+
+
+def test_linear_weighted_equals_hand_average(folders, tmp_path):
+    a, b, c = (_as64(weights(folder)) for folder in folders[:3])
+    path, report = hf_tts.merge(folders[:3], [1.0, 2.0, 5.0], out_dir=tmp_path / "out")
+    expected = {key: (a[key] + 2 * b[key] + 5 * c[key]) / 8 for key in a}
+    _assert_close(weights(path), expected)
+    # Not normalised: the plain weighted sum.
+    path, _ = hf_tts.merge(folders[:2], [0.5, 0.25], out_dir=tmp_path / "raw", normalize=False)
+    _assert_close(weights(path), {key: 0.5 * a[key] + 0.25 * b[key] for key in a})
+    # The result is a loadable model folder with the donor's vocab.
+    model = AutoModel.from_pretrained(tmp_path / "out", dtype=torch.float32)
+    assert isinstance(model, hf_tts.F5TTSModel)
+    assert (tmp_path / "out" / "vocab.txt").read_text() == "\n".join(VOCAB) + "\n"
+    assert len(report.distances) >= 4 and all(len(row) == 3 for row in report.distances.values())
+
+
+def test_layer_rules_first_match_wins(folders, tmp_path):
+    a, b = (_as64(weights(folder)) for folder in folders[:2])
+    path, report = hf_tts.merge(
+        folders[:2],
+        [1.0, 1.0],
+        out_dir=tmp_path / "out",
+        layer_weights=["text_embed=1,0", r"transformer_blocks\.1\.=1,3", "transformer_blocks=0,1"],
+    )
+    output = weights(path)
+    expected = {}
+    for key in a:
+        if "text_embed" in key:
+            expected[key] = a[key]
+        elif "transformer_blocks.1." in key:
+            expected[key] = (a[key] + 3 * b[key]) / 4
+        elif "transformer_blocks" in key:
+            expected[key] = b[key]
+        else:
+            expected[key] = (a[key] + b[key]) / 2
+    _assert_close(output, expected)
+    assert any("text_embed" in key for key in a) and any("transformer_blocks.1." in key for key in a)
+    card = (path / "README.md").read_text()
+    assert "| `text_embed` | 1.0, 0.0 |" in card
+
+
+def _slerp64(v0: np.ndarray, v1: np.ndarray, t: float) -> np.ndarray:
+    u0, u1 = v0 / np.linalg.norm(v0), v1 / np.linalg.norm(v1)
+    dot = float(np.sum(u0 * u1))
+    if abs(dot) > 0.9995:
+        return (1 - t) * v0 + t * v1
+    theta = math.acos(dot)
+    return (math.sin((1 - t) * theta) * v0 + math.sin(t * theta) * v1) / math.sin(theta)
+
+
+def test_slerp_matches_formula(folders, tmp_path):
+    a, b = (_as64(weights(folder)) for folder in folders[:2])
+    path, _ = hf_tts.merge(folders[:2], [3.0, 1.0], method="slerp", out_dir=tmp_path / "out")
+    _assert_close(weights(path), {key: _slerp64(a[key], b[key], 0.25) for key in a})
+
+
+def test_task_arithmetic_matches_formula(folders, tmp_path):
+    a, b, base = (_as64(weights(folder)) for folder in (folders[0], folders[1], folders[3]))
+    path, _ = hf_tts.merge(
+        folders[:2], [0.5, 1.5], method="task_arithmetic", base=folders[3], scale=0.8, out_dir=tmp_path / "out"
+    )
+    expected = {key: base[key] + 0.8 * (0.5 * (a[key] - base[key]) + 1.5 * (b[key] - base[key])) for key in a}
+    _assert_close(weights(path), expected)
+
+
+def _ties64(base, deltas_in, weights_, density, scale):
+    deltas = []
+    for delta in deltas_in:
+        flat = delta.reshape(-1).copy()
+        keep = int(density * flat.size)
+        order = np.argsort(-np.abs(flat), kind="stable")
+        flat[order[keep:]] = 0
+        deltas.append(flat.reshape(delta.shape))
+    weighted = [w * d for w, d in zip(weights_, deltas)]
+    sign = np.where(np.sum(weighted, axis=0) >= 0, 1.0, -1.0)
+    masks = [np.sign(wd) == sign for wd in weighted]
+    mixed = np.sum([wd * m for wd, m in zip(weighted, masks)], axis=0)
+    divisor = np.sum([w * m for w, m in zip(weights_, masks)], axis=0)
+    divisor[divisor == 0] = 1
+    return base + scale * mixed / divisor
+
+
+def test_ties_matches_formula(folders, tmp_path):
+    a, b, c, base = (_as64(weights(folder)) for folder in folders)
+    path, _ = hf_tts.merge(
+        folders[:3], [1.0, 0.5, 2.0], method="ties", base=folders[3], density=0.6, out_dir=tmp_path / "out"
+    )
+    expected = {
+        key: _ties64(base[key], [a[key] - base[key], b[key] - base[key], c[key] - base[key]], [1.0, 0.5, 2.0], 0.6, 1.0)
+        for key in a
+    }
+    _assert_close(weights(path), expected)
+
+
+def test_dtypes(folders, tmp_path):
+    a, b = (_as64(weights(folder)) for folder in folders[:2])
+    path, _ = hf_tts.merge(folders[:2], out_dir=tmp_path / "bf16", dtype="bfloat16")
+    output = weights(path)
+    assert all(value.dtype == torch.bfloat16 for value in output.values())
+    for key in a:  # the fp32 average rounded once to bf16
+        expected = torch.from_numpy((a[key] + b[key]) / 2).float().to(torch.bfloat16)
+        assert torch.equal(output[key], expected), key
+    # fp16 inputs are accumulated in fp32 and stored as fp16; fp64 inputs in fp64.
+    for dtype in (torch.float16, torch.float64):
+        copies = []
+        for index in range(2):
+            copy = tmp_path / f"{dtype}_{index}"
+            make_f5_folder(copy, index)
+            rewrite_weights(copy, lambda state, dtype=dtype: state.update({k: v.to(dtype) for k, v in state.items()}))
+            copies.append(copy)
+        inputs = [_as64(weights(copy)) for copy in copies]
+        path, _ = hf_tts.merge(copies, out_dir=tmp_path / f"out_{dtype}")
+        output = weights(path)
+        for key in inputs[0]:
+            assert output[key].dtype == dtype
+            expected = torch.from_numpy((inputs[0][key] + inputs[1][key]) / 2).to(dtype)
+            assert torch.allclose(
+                output[key].double(), expected.double(), atol=1e-3 if dtype == torch.float16 else 1e-12
+            )
+
+
+def test_inputs_untouched_and_output_deterministic(folders, tmp_path):
+    before = [tree_sha256(folder) for folder in folders]
+    # Same folder name in two places: the card names the folder, everything else must match byte for byte.
+    first, _ = hf_tts.merge(folders[:3], [1, 2, 3], out_dir=tmp_path / "1" / "out", max_shard_size="60KB")
+    second, _ = hf_tts.merge(folders[:3], [1, 2, 3], out_dir=tmp_path / "2" / "out", max_shard_size="60KB")
+    assert [tree_sha256(folder) for folder in folders] == before
+    one, two = tree_sha256(first), tree_sha256(second)
+    assert one == two
+    shards = sorted(name for name in one if name.startswith("model-"))
+    assert len(shards) > 1 and "model.safetensors.index.json" in one
+    model = AutoModel.from_pretrained(first, dtype=torch.float32)
+    reference = weights(folders[0])
+    merged_keys = set()
+    for shard in shards:
+        with safe_open(first / shard, "pt") as handle:
+            merged_keys |= set(handle.keys())
+    assert merged_keys == set(reference) and isinstance(model, hf_tts.F5TTSModel)
+
+
+def test_recipe_round_trip_reproduces_bytes(folders, tmp_path):
+    path, _ = hf_tts.merge(
+        folders[:2], [2, 1], out_dir=tmp_path / "out", layer_weights=["time_embed=1,1"], dtype="float32"
+    )
+    again, _ = hf_tts.merge(recipe=path / "merge_recipe.yaml", out_dir=tmp_path / "again" / "out")
+    assert tree_sha256(path) == tree_sha256(again)
+    recipe = MergeRecipe.from_yaml(path / "merge_recipe.yaml")
+    assert recipe.weights == [2.0, 1.0] and recipe.layer_weights[0].pattern == "time_embed"
+
+
+def test_model_card_metadata(folders, tmp_path):
+    path, _ = hf_tts.merge(folders[:2], [1, 1], out_dir=tmp_path / "out")
+    card = ModelCard.load(path / "README.md")
+    assert card.data.library_name == "hf-tts"
+    assert card.data.pipeline_tag == "text-to-speech"
+    assert {"merge", "hf-tts", "f5-tts"} <= set(card.data.tags)
+    sha = tree_sha256(folders[0])["model.safetensors"]
+    assert sha in card.text and "![cosine distance per block](merge_distance.png)" in card.text
+    assert (path / "merge_distance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (path / "merge_recipe.yaml").read_text() in card.text
+
+
+def test_existing_output_needs_overwrite(folders, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(InputError, match="already exists"):
+        hf_tts.merge(folders[:2], out_dir=out)
+    assert (out / "keep.txt").exists()
+    hf_tts.merge(folders[:2], out_dir=out, overwrite=True)
+    assert not (out / "keep.txt").exists() and (out / "model.safetensors").exists()
+
+
+def test_dry_run_writes_nothing(folders, tmp_path):
+    path, report = hf_tts.merge(folders[:2], out_dir=tmp_path / "out", dry_run=True)
+    assert path is None and not (tmp_path / "out").exists()
+    assert "linear of 2 hf_tts_f5 sources" in report.plan.describe()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"weights": [1.0]}, "1 weights for 2 sources"),
+        ({"weights": [1.0, -1.0]}, "sum to zero"),
+        ({"layer_weights": ["text_embed=1,2,3"]}, "3 weights for 2 sources"),
+        ({"layer_weights": ["no_such_module=1,2"]}, "matches no floating-point tensor"),
+        ({"layer_weights": ["([=1,2"]}, "not a valid regular expression"),
+        ({"method": "ties"}, "pass --base"),
+        ({"method": "nuslerp"}, "unknown merge method"),
+        ({"dtype": "int8"}, "is not one of"),
+    ],
+)
+def test_bad_arguments(folders, tmp_path, kwargs, message):
+    with pytest.raises(InputError, match=message):
+        hf_tts.merge(folders[:2], out_dir=tmp_path / "out", **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_slerp_needs_two_sources(folders, tmp_path):
+    with pytest.raises(InputError, match="exactly 2 sources, got 3"):
+        hf_tts.merge(folders[:3], method="slerp", out_dir=tmp_path / "out")
+
+
+def test_config_mismatch_v0_v1_refused(folders, tmp_path):
+    v0 = make_f5_folder(tmp_path / "v0", 7, architecture="F5TTS_Base", text_mask_padding=False, pe_attn_head=1)
+    with pytest.raises(CheckpointMismatchError, match=r"configs of source 1 .* and source 2 .*architecture"):
+        hf_tts.merge([folders[0], v0], out_dir=tmp_path / "out")
+    # Same weight layout, so the explicit override merges them.
+    path, _ = hf_tts.merge([folders[0], v0], out_dir=tmp_path / "out", allow_config_mismatch=True)
+    assert (path / "model.safetensors").exists()
+
+
+def test_vocab_mismatch_refused(folders, tmp_path):
+    other = make_f5_folder(tmp_path / "other", 1, vocab=["z", "b", "c", " ", "d", "e"])
+    with pytest.raises(CheckpointMismatchError, match="vocabularies of source 1 .* differ"):
+        hf_tts.merge([folders[0], other], out_dir=tmp_path / "out", allow_config_mismatch=True)
+
+
+def test_key_and_shape_mismatch_named(folders, tmp_path):
+    extra = make_f5_folder(tmp_path / "extra", 1)
+    rewrite_weights(extra, lambda state: state.update({"backbone.extra.weight": torch.zeros(2)}))
+    with pytest.raises(
+        CheckpointMismatchError, match=r"source 2 .* has 1 keys source 1 .* lacks: backbone\.extra\.weight"
+    ):
+        hf_tts.merge([folders[0], extra], out_dir=tmp_path / "out")
+    shape = make_f5_folder(tmp_path / "shape", 1)
+    key = sorted(weights(shape))[0]
+    rewrite_weights(shape, lambda state: state.update({key: torch.zeros(3, 3)}))
+    with pytest.raises(CheckpointMismatchError, match=rf"tensor '{key}': source 1 .* has shape"):
+        hf_tts.merge([folders[0], shape], out_dir=tmp_path / "out")
+    dtype = make_f5_folder(tmp_path / "dtype", 1)
+    rewrite_weights(dtype, lambda state: state.update({key: state[key].half()}))
+    with pytest.raises(CheckpointMismatchError, match="torch.float16"):
+        hf_tts.merge([folders[0], dtype], out_dir=tmp_path / "out")
+
+
+def test_integer_buffers_copied_when_equal_refused_when_not(folders, tmp_path):
+    sources = []
+    for index, step in enumerate((5, 5, 6)):
+        folder = make_f5_folder(tmp_path / f"s{index}", index)
+        rewrite_weights(
+            folder,
+            lambda state, step=step: state.update(
+                {"backbone.step": torch.tensor(step), "backbone.initted": torch.tensor(True)}
+            ),
+        )
+        sources.append(folder)
+    path, report = hf_tts.merge(sources[:2], out_dir=tmp_path / "ok")
+    output = weights(path)
+    assert output["backbone.step"].dtype == torch.int64 and output["backbone.step"].item() == 5
+    assert output["backbone.initted"].dtype == torch.bool and output["backbone.initted"].item() is True
+    with pytest.raises(
+        CheckpointMismatchError, match=r"integer/bool buffers differ .*backbone\.step \(source 1 .* 5 vs source 3"
+    ):
+        hf_tts.merge([sources[0], sources[1], sources[2]], out_dir=tmp_path / "bad")
+
+
+def test_nan_refused_and_nothing_written(folders, tmp_path):
+    broken = make_f5_folder(tmp_path / "broken", 1)
+    key = sorted(k for k, v in weights(broken).items() if v.numel() > 1)[-1]
+    rewrite_weights(broken, lambda state: state[key].view(-1).__setitem__(0, float("nan")))
+    with pytest.raises(InputError, match=rf"source 2 .*: tensor '{key}' contains NaN or Inf"):
+        hf_tts.merge([folders[0], broken], out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["broken"]
+
+
+def test_plan_reads_headers_and_reports_copies(folders):
+    plan = build_plan(MergeRecipe(models=[str(f) for f in folders[:2]], weights=[1, 1]))
+    assert plan.layout == "safetensors" and len(plan.shards) == 1
+    assert all(task.merged for task in plan.tasks)
+    assert plan.recipe.normalize is True  # linear's default made explicit
+
+
+def test_missing_source_is_clear(tmp_path, folders):
+    with pytest.raises(InputError, match="does not exist"):
+        hf_tts.merge([folders[0], tmp_path / "nope" / "x"], out_dir=tmp_path / "out")

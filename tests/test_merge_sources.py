@@ -1,0 +1,173 @@
+"""Merge helper with foreign sources (XTTS-v2 checkpoints, upstream F5 files, Hub repo ids), the Hub push, the CLI."""
+
+from __future__ import annotations
+
+import datetime
+import json
+
+import pytest
+import torch
+from conftest import upstream_fixture
+from huggingface_hub import HfApi, ModelCard, hf_hub_download
+from merge_utils import make_f5_folder, make_xtts_checkpoint, tree_sha256, weights
+from safetensors.torch import load_file
+
+import hf_tts
+from hf_tts.cli import main
+from hf_tts.convert.f5 import convert_f5_checkpoint
+from hf_tts.errors import InputError
+from hf_tts.hub.push import push_folder
+
+# Comparisons are fp32 merges against fp32/fp64 hand computations.
+TOLERANCE = 1e-6
+
+
+def test_xtts_checkpoints_merge_back_into_coqui_layout(tmp_path):
+    first = make_xtts_checkpoint(tmp_path / "ft_a", seed=1)
+    second = make_xtts_checkpoint(tmp_path / "ft_b", seed=2)
+    before = tree_sha256(tmp_path)
+    path, report = hf_tts.merge([first, second], [1.0, 3.0], out_dir=tmp_path / "merged")
+    assert tree_sha256(tmp_path / "ft_a") == {
+        k.removeprefix("ft_a/"): v for k, v in before.items() if k.startswith("ft_a/")
+    }
+    checkpoint = torch.load(path / "model.pth", weights_only=True)
+    a = torch.load(first, weights_only=True)["model"]
+    b = torch.load(second, weights_only=True)["model"]
+    # Written back with the trainer's `xtts.` prefix; the DVAE (trainer-only, dropped by Coqui's loader) is left out,
+    # which is also why its differing int64 accumulator does not block the merge.
+    expected_keys = {key for key in a if not key.startswith("xtts.dvae.")}
+    assert set(checkpoint["model"]) == expected_keys
+    for key in expected_keys:
+        torch.testing.assert_close(checkpoint["model"][key], (a[key] + 3 * b[key]) / 4, rtol=0, atol=TOLERANCE)
+    assert checkpoint["config"]["model"] == "xtts"
+    assert {"config.json", "vocab.json", "README.md", "merge_recipe.yaml"} <= {p.name for p in path.iterdir()}
+    card = ModelCard.load(path / "README.md")
+    assert "xtts" in card.data.tags and "merge" in card.data.tags
+    assert report.plan.layout == "xtts"
+
+
+def test_xtts_unprefixed_and_config_mismatch(tmp_path):
+    released = make_xtts_checkpoint(tmp_path / "released", seed=1, prefix="")
+    finetune = make_xtts_checkpoint(tmp_path / "finetune", seed=2)
+    path, _ = hf_tts.merge([released, finetune], out_dir=tmp_path / "merged")
+    # The first source decides the layout: no prefix.
+    assert all(not key.startswith("xtts.") for key in torch.load(path / "model.pth", weights_only=True)["model"])
+    other = make_xtts_checkpoint(tmp_path / "other", seed=3)
+    config = json.loads((tmp_path / "other" / "config.json").read_text())
+    config["model_args"]["gpt_layers"] = 3
+    checkpoint = torch.load(other, weights_only=True)
+    checkpoint["config"] = config
+    torch.save(checkpoint, other)
+    with pytest.raises(InputError, match=r"model_args\.gpt_layers: 2 vs 3"):
+        hf_tts.merge([released, other], out_dir=tmp_path / "bad")
+
+
+def test_pickled_objects_refused_without_trust(tmp_path):
+    bad = tmp_path / "bad.pth"
+    # A datetime object is outside torch's weights_only allow-list, as any custom class would be.
+    torch.save(
+        {"model": {"xtts.gpt.w": torch.zeros(2)}, "config": {"model": "xtts"}, "date": datetime.date(2024, 1, 1)}, bad
+    )
+    good = make_xtts_checkpoint(tmp_path / "good", seed=1)
+    with pytest.raises(InputError, match="--trust-pickle"):
+        hf_tts.merge([good, bad], out_dir=tmp_path / "out")
+
+
+def test_upstream_f5_sources_converted_on_the_fly(tmp_path):
+    fixture = upstream_fixture("f5_v1_tiny")
+    vocab = upstream_fixture("f5_vocab.txt")
+    arch = fixture / "arch.json"
+    ema = load_file(fixture / "model_ema.safetensors")
+    upstream = {
+        "backbone." + key.removeprefix("ema_model.transformer."): value
+        for key, value in ema.items()
+        if key.startswith("ema_model.transformer.") and "rotary_embed" not in key
+    }
+    # The EMA export and the training checkpoint's EMA weights are the same model.
+    path, report = hf_tts.merge(
+        [fixture / "model_ema.safetensors", fixture / "model_train.pt"],
+        [1.0, 3.0],
+        out_dir=tmp_path / "out",
+        arch=str(arch),
+        vocab=vocab,
+    )
+    output = weights(path)
+    assert set(output) == set(upstream)
+    for name, value in upstream.items():
+        torch.testing.assert_close(output[name], value, rtol=0, atol=TOLERANCE)
+    assert [source.variant for source in report.plan.sources] == ["ema", "ema"]
+    # --source online reads model_state_dict (the fixture's online weights are EMA + 0.001).
+    online, _ = hf_tts.merge(
+        [fixture / "model_train.pt", fixture / "model_train.pt"],
+        out_dir=tmp_path / "online",
+        arch=str(arch),
+        vocab=vocab,
+        source="online",
+    )
+    for name, value in weights(online).items():
+        torch.testing.assert_close(value, upstream[name] + 0.001, rtol=0, atol=TOLERANCE)
+    with pytest.raises(InputError, match="holds only EMA weights"):
+        hf_tts.merge(
+            [fixture / "model_ema.safetensors", fixture / "model_train.pt"],
+            out_dir=tmp_path / "mixed",
+            arch=str(arch),
+            vocab=vocab,
+            source="online",
+        )
+    model = hf_tts.F5TTSModel.from_pretrained(path, dtype=torch.float32)
+    assert model.config.architecture == hf_tts.F5TTSModel.from_pretrained(path).config.architecture
+    assert (path / "vocab.txt").read_bytes() == vocab.read_bytes()
+    # v0 and v1 share every weight name and shape, yet are refused. Upstream files carry no config (one --arch
+    # describes them all), so the v0 model comes as a converted folder, which records its architecture.
+    v0 = upstream_fixture("f5_v0_tiny")
+    v0_folder = convert_f5_checkpoint(v0 / "model_ema.safetensors", v0 / "arch.json", vocab, tmp_path / "v0")
+    with pytest.raises(InputError, match=r"configs of source 1 .* and source 2 .*text_mask_padding: True vs False"):
+        hf_tts.merge(
+            [fixture / "model_ema.safetensors", v0_folder], out_dir=tmp_path / "bad", arch=str(arch), vocab=vocab
+        )
+    assert not (tmp_path / "bad").exists()
+
+
+def test_hub_sources_and_push_in_one_commit(tmp_path, local_hub):
+    first = make_f5_folder(tmp_path / "a", 0)
+    second = make_f5_folder(tmp_path / "b", 1)
+    push_folder(first, "user/voice-a")
+    path, report = hf_tts.merge(["user/voice-a", second], [1, 1], out_dir=tmp_path / "out", push_to_hub="user/merged")
+    api = HfApi()
+    commits = api.list_repo_commits("user/merged")
+    # Repo creation makes the (empty) initial commit, as on the Hub; then weights, config, vocab, recipe, plot and
+    # card land in one commit.
+    assert [commit.title for commit in commits] == ["Merge (linear) with hf_tts", "initial commit"]
+    files = set(api.list_repo_files("user/merged"))
+    assert {
+        "model.safetensors",
+        "config.json",
+        "README.md",
+        "merge_recipe.yaml",
+        "merge_distance.png",
+        "vocab.txt",
+    } <= files
+    card = ModelCard.load(hf_hub_download("user/merged", "README.md"))
+    assert card.data.base_model == ["user/voice-a"]
+    assert card.data.base_model_relation == "merge"
+    assert card.data.library_name == "hf-tts"
+    assert 'model_id = "user/merged"' in card.text  # the snippet points at the repo
+    downloaded = hf_hub_download("user/merged", "model.safetensors")
+    assert load_file(downloaded).keys() == weights(path).keys()
+
+
+def test_cli_merge_dry_run_and_errors(tmp_path, capsys):
+    first = make_f5_folder(tmp_path / "a", 0)
+    second = make_f5_folder(tmp_path / "b", 1)
+    assert main(["merge", str(first), str(second), "--weights", "1", "2", "--dry-run"]) == 0
+    assert "linear of 2 hf_tts_f5 sources" in capsys.readouterr().out
+    assert main(["merge", str(first), str(second), "--weights", "1", "--out", str(tmp_path / "o")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "1 weights for 2 sources" in error
+    code = main(
+        ["merge", str(first), str(second), "--out", str(tmp_path / "o"), "--method", "ties", "--base", str(first),
+         "--density", "0.5", "--layer-weights", "text_embed=1,0", "--dtype", "float32", "--max-shard-size", "100KB"]
+    )  # fmt: skip
+    assert code == 0 and (tmp_path / "o" / "model.safetensors.index.json").exists()
+    assert main(["merge", "--recipe", str(tmp_path / "o" / "merge_recipe.yaml"), "--out", str(tmp_path / "o")]) == 2
+    assert "already exists" in capsys.readouterr().err

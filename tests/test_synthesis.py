@@ -1,0 +1,95 @@
+"""Batched long-form sampling, vocoding, cross-fade and the vocoder carried by an F5-TTS folder."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from speech_fixtures import f5_dir, reference_wave, vocos_dir
+from transformers import AutoModel
+
+from hf_tts.cli import main
+from hf_tts.errors import InputError
+from hf_tts.models.vocos.modeling_vocos import VocosModel
+from hf_tts.synthesis import cross_fade, sample_chunks, vocode_chunks
+
+LONG_TEXT = "The first sentence is here. A second one follows it. Then a third, short. And the last one!"
+REF_TEXT = "Some reference words"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return AutoModel.from_pretrained(f5_dir(), dtype=torch.float32).eval()
+
+
+def test_batched_long_form_equals_sampling_each_chunk_alone(model):
+    processor = model.get_processor()
+    inputs = processor(LONG_TEXT, reference_wave(), REF_TEXT, speed=0.15)  # small chunks: several of them
+    assert len(inputs.chunks) >= 2
+    # shorter, different durations per chunk keep the test fast (speed 0.15 also stretches them)
+    durations = [inputs.ref_frames + 40 - 15 * row for row in range(len(inputs.chunks))]
+    inputs = dataclasses.replace(inputs, duration=torch.tensor(durations))
+    total = int(inputs.duration.max())
+    latents = torch.randn(len(inputs.chunks), total, model.config.mel_dim, generator=torch.Generator().manual_seed(0))
+    options = dict(steps=3, cfg_strength=2.0, sway_sampling_coef=-1.0)
+    batched = sample_chunks(model, inputs, latents=latents, **options)
+    for row, mel in enumerate(batched):
+        duration = int(inputs.duration[row])
+        alone = model.sample(
+            inputs.cond[row : row + 1],
+            inputs.text[row : row + 1, : int((inputs.text[row] != -1).sum())],
+            duration,
+            latents=latents[row : row + 1, :duration],
+            **options,
+        )[0, inputs.ref_frames : duration]
+        assert mel.shape == alone.shape == (duration - inputs.ref_frames, model.config.mel_dim)
+        torch.testing.assert_close(mel, alone, atol=1e-4, rtol=0)
+
+
+def test_vocoding_length_loudness_and_cross_fade(model):
+    mels = [torch.randn(40, 100), torch.randn(30, 100)]
+    quiet = vocode_chunks(model.vocoder, mels, reference_rms=0.05)
+    loud = vocode_chunks(model.vocoder, mels, reference_rms=0.3)
+    assert [len(w) for w in loud] == [39 * 256, 29 * 256]  # centred ISTFT: (frames - 1) * hop
+    np.testing.assert_allclose(quiet[0], loud[0] * 0.5, atol=1e-6)  # scaled back to a quiet reference's RMS
+    joined = cross_fade(loud, 24000)
+    overlap = int(0.15 * 24000)
+    assert len(joined) == len(loud[0]) + len(loud[1]) - overlap
+    middle = len(loud[0]) - overlap // 2
+    expected = loud[0][middle] * (1 - (overlap // 2) / (overlap - 1)) + loud[1][overlap // 2] * (
+        (overlap // 2) / (overlap - 1)
+    )
+    assert joined[middle] == pytest.approx(expected, abs=1e-6)
+
+
+def test_folder_carries_the_vocoder_with_its_weights(model):
+    vocos = VocosModel.from_pretrained(vocos_dir(), dtype=torch.float32)
+    assert model.config.vocoder_config.model_type == "hf_tts_vocos"
+    for name, tensor in vocos.state_dict().items():
+        torch.testing.assert_close(model.vocoder.state_dict()[name], tensor, atol=0, rtol=0)
+    mel = torch.randn(1, 100, 20)
+    torch.testing.assert_close(model.vocoder.decode(mel), vocos.decode(mel), atol=0, rtol=0)
+
+
+def test_without_a_vocoder_synthesis_says_how_to_attach_one(tmp_path):
+    mel_only = AutoModel.from_pretrained(f5_dir(with_vocoder=False), dtype=torch.float32)
+    assert mel_only.vocoder is None
+    with pytest.raises(InputError, match="no vocoder.*hf-tts attach-vocoder"):
+        mel_only.synthesize("Hello.", reference_wave(), REF_TEXT)
+    out = tmp_path / "with_vocoder"
+    assert main(["attach-vocoder", str(f5_dir(with_vocoder=False)), str(vocos_dir()), "--out", str(out)]) == 0
+    attached = AutoModel.from_pretrained(out, dtype=torch.float32)
+    assert isinstance(attached.vocoder, VocosModel)
+    assert (out / "processor_config.json").is_file() and (out / "vocab.txt").is_file()
+    speech = attached.synthesize("Hello.", reference_wave(), REF_TEXT, nfe_step=2, seed=0)
+    assert speech.sampling_rate == 24000 and speech.audio.dtype == np.float32 and len(speech.audio) > 0
+
+
+def test_a_vocoder_for_another_mel_is_refused(model):
+    from hf_tts.models.vocos.configuration_vocos import VocosConfig
+
+    other = VocosModel(VocosConfig(dim=8, intermediate_dim=16, num_layers=1, n_mels=80))
+    with pytest.raises(InputError, match="n_mels 80 vs 100"):
+        model.attach_vocoder(other)
