@@ -1,8 +1,8 @@
 """Audio features shared by the models: upstream F5-TTS / Vocos "vocos-type" log-mel spectrogram.
 
 Equal to `torchaudio.transforms.MelSpectrogram(power=1, center=True, pad_mode="reflect", norm=None,
-mel_scale="htk")` followed by `log(clamp(., min))`, computed with `torch.stft` and
-`transformers.audio_utils.mel_filter_bank` (no torchaudio dependency).
+mel_scale="htk")` followed by `log(clamp(., min))`, computed with `torch.stft` and an
+HTK filterbank (`transformers.audio_utils` mel scale, torchaudio's float32 arithmetic; no torchaudio dependency).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from transformers.audio_utils import mel_filter_bank
+from transformers.audio_utils import hertz_to_mel
 
 from hf_tts.errors import InputError
 
@@ -51,16 +51,22 @@ class LogMelSpectrogram(nn.Module):
         return torch.hann_window(self.win_length, periodic=True, dtype=torch.float32)
 
     def _mel_filters(self) -> torch.Tensor:
-        filters = mel_filter_bank(
-            num_frequency_bins=self.n_fft // 2 + 1,
-            num_mel_filters=self.n_mels,
-            min_frequency=0.0,
-            max_frequency=self.sampling_rate / 2,
-            sampling_rate=self.sampling_rate,
-            norm=None,
-            mel_scale="htk",
-        )
-        return torch.from_numpy(filters).to(torch.float32)
+        """HTK triangles in Hz space, (n_freqs, n_mels), computed in float32 the way torchaudio's `melscale_fbanks`
+        (which upstream's MelSpectrogram uses) does.
+
+        `transformers.audio_utils.mel_filter_bank` builds the same filters in float64; its float32-rounded result is
+        up to 7e-6 away from torchaudio's float32 arithmetic, which shows as 1e-5 in the log-mel. Doing the float32
+        arithmetic here makes the log-mel bit-identical to upstream (tests compare both filterbanks)."""
+        n_freqs = self.n_fft // 2 + 1
+        fft_freqs = torch.linspace(0, self.sampling_rate // 2, n_freqs, dtype=torch.float32)
+        mel_max = float(hertz_to_mel(self.sampling_rate / 2, mel_scale="htk"))
+        mel_points = torch.linspace(0.0, mel_max, self.n_mels + 2, dtype=torch.float32)
+        filter_freqs = 700.0 * (10.0 ** (mel_points / 2595.0) - 1.0)  # htk mel -> Hz, in float32
+        widths = filter_freqs[1:] - filter_freqs[:-1]
+        slopes = filter_freqs.unsqueeze(0) - fft_freqs.unsqueeze(1)
+        down = -slopes[:, :-2] / widths[:-1]
+        up = slopes[:, 2:] / widths[1:]
+        return torch.clamp(torch.minimum(down, up), min=0.0)
 
     @torch.no_grad()
     def reset_buffers(self) -> None:

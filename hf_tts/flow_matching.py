@@ -117,8 +117,8 @@ def solve_ode(
 class FlowMatchingBackbone(nn.Module):
     """What the DiT (F5) and UNetT (E2) backbones share: time, text and input embeddings and the rotary table.
 
-    Subclasses implement `forward(x, cond, text, time, mask=None, drop_audio_cond=False, drop_text=False,
-    cfg_infer=False, text_embed=None, mask_padded_keys=None) -> (B or 2B, N, mel_dim)` using `embed_inputs`.
+    Subclasses implement `transform(h, t_emb, mask, mask_keys)`: the transformer stack from the input embedding to
+    the predicted flow.
     `per_sample_lengths`: F5 (upstream 1.1.10+) limits the text embedding and the convolutional position embedding
     to each sample's `mask` length; E2 embeds text for the padded length and convolves unmasked, as upstream.
     """
@@ -186,8 +186,34 @@ class FlowMatchingBackbone(nn.Module):
         h = self.input_embed(x, cond, text_embed, drop_audio_cond=drop_audio_cond, mask=conv_mask)
         return h, t_emb, mask
 
-    def mask_keys(self, mask_padded_keys: bool | None) -> bool:
-        return self.attn_mask_enabled if mask_padded_keys is None else mask_padded_keys
+    def transform(
+        self, h: torch.Tensor, t_emb: torch.Tensor, mask: torch.Tensor | None, mask_keys: bool
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cond: torch.Tensor,
+        text: torch.Tensor,
+        time: torch.Tensor | float,
+        mask: torch.Tensor | None = None,
+        drop_audio_cond: bool | torch.Tensor = False,
+        drop_text: bool | torch.Tensor = False,
+        cfg_infer: bool = False,
+        text_embed: torch.Tensor | None = None,
+        mask_padded_keys: bool | None = None,
+    ) -> torch.Tensor:
+        """Predicted flow (B, N, mel_dim) of upstream's transformer.
+
+        x, cond (B, N, mel_dim); text (B, T) ids padded with -1; time (B,) or scalar; mask (B, N) valid frames.
+        drop_* are bools or (B,) bool tensors. `cfg_infer` returns the packed (2B, N, mel_dim) batch: conditional,
+        then audio and text dropped. `text_embed` is a precomputed `embed_text(...)` for the same inputs.
+        `mask_padded_keys` overrides `config.attn_mask_enabled` (whether attention ignores padded frames).
+        """
+        h, t_emb, mask = self.embed_inputs(x, cond, text, time, mask, drop_audio_cond, drop_text, cfg_infer, text_embed)
+        mask_keys = self.attn_mask_enabled if mask_padded_keys is None else mask_padded_keys
+        return self.transform(h, t_emb, mask, mask_keys)
 
 
 @dataclass
@@ -441,7 +467,12 @@ class FlowMatchingTTSModel(SpeechSynthesisMixin, HfTtsPreTrainedModel):
             pred, null_pred = pred.chunk(2, dim=0)
             return pred + (pred - null_pred) * cfg_strength
 
-        sampled = solve_ode(velocity, y0, grid, method=method, progress_callback=progress_callback)
+        was_training = self.training
+        self.eval()  # no dropout while sampling, as upstream; the caller's mode is restored afterwards
+        try:
+            sampled = solve_ode(velocity, y0, grid, method=method, progress_callback=progress_callback)
+        finally:
+            self.train(was_training)
         return torch.where(cond_mask, cond, sampled)
 
 

@@ -89,7 +89,12 @@ SAMPLING = {"steps": 32, "cfg_strength": 2.0, "sway_sampling_coef": -1.0, "seed"
 def ensure_upstream_venv(venv: Path) -> Path:
     """The benchmark virtualenv's python, creating the venv and installing upstream into it when needed."""
     python = venv / "bin" / "python"
-    probe = [str(python), "-c", "import f5_tts.model.cfm, x_transformers, torchdiffeq, safetensors"]
+    # find_spec only: importing f5_tts.model would need the runner's stubs for its training-only imports
+    probe = [
+        str(python),
+        "-c",
+        "import importlib.util as u, x_transformers, torchdiffeq, safetensors; assert u.find_spec('f5_tts.model')",
+    ]
     if python.exists() and subprocess.run(probe, capture_output=True, env=_runner_env()).returncode == 0:
         return python
     print(f"installing upstream f5-tts {UPSTREAM_VERSION} into {venv} ...", flush=True)

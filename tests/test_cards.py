@@ -20,16 +20,10 @@ from hf_tts.hub.cards import (
     usage_snippet,
     write_model_card,
 )
-from hf_tts.models.f5.configuration_f5 import F5TTSConfig
 from hf_tts.models.f5.modeling_f5 import F5TTSModel
 from hf_tts.models.vocos.configuration_vocos import VocosConfig
 from hf_tts.models.vocos.modeling_vocos import VocosModel
-
-
-def tiny_f5_config() -> F5TTSConfig:
-    return F5TTSConfig.from_preset(
-        "F5TTS_v1_Base", dim=32, depth=2, heads=2, dim_head=16, text_dim=16, conv_layers=1, text_num_embeds=20, mel_dim=16
-    )
+from tests.merge_utils import tiny_f5_config
 
 
 def test_every_writer_kind_has_a_template():
@@ -73,7 +67,7 @@ def test_body_has_architecture_flags_and_provenance(tmp_path):
 
     assert "| `depth` | `2` |" in text
     assert "| `dim` | `32` |" in text
-    assert "| `text_num_embeds` | `20` |" in text
+    assert f"| `text_num_embeds` | `{config.text_num_embeds}` |" in text
     assert "| `architecture` | `F5TTS_v1_Base` |" in text
     assert "| `init_adaln_zero` | `True` |" in text
     # F5 has no quantizer: the freeze flag is not shown; transformers' bookkeeping keys never are.
@@ -152,4 +146,19 @@ def test_usage_snippet_of_a_written_card_runs(tmp_path, kind):
     assert result.returncode == 0, result.stderr[-2000:]
     parameters = sum(parameter.numel() for parameter in model.parameters())
     assert f"{type(model).__name__} {parameters} parameters" in result.stdout
-    assert ("mel (1, 48, 16)" if kind == "f5" else "waveform (1, ") in result.stdout
+    assert (f"mel (1, 48, {model.config.mel_dim})" if kind == "f5" else "waveform (1, ") in result.stdout
+
+
+def test_converted_f5_folder_has_a_card_with_source_hashes(tmp_path):
+    from conftest import upstream_fixture
+
+    from hf_tts.convert.f5 import convert_f5_checkpoint
+
+    source = upstream_fixture("f5_v1_tiny")
+    vocab = upstream_fixture("f5_vocab.txt")
+    out = convert_f5_checkpoint(source / "model_ema.safetensors", source / "arch.json", vocab, tmp_path / "f5-conv")
+    card = ModelCard.load(out / "README.md")
+    assert card.data.library_name == "hf-tts" and "f5-tts" in card.data.tags
+    assert f"sha256 `{sha256_file(source / 'model_ema.safetensors')}`" in card.text
+    assert f"sha256 `{sha256_file(vocab)}`" in card.text
+    assert 'model_id = "./f5-conv"' in card.text

@@ -151,11 +151,19 @@ def test_long_conditioning_is_generated_in_blended_windows():
     assert out.shape == (1, frames, 6) and torch.isfinite(out).all()
     # Frames covered by one window only are that window's sample; overlaps are a linear cross-fade of two.
     first = model.generate(
-        cond[:, 0:32], 16, guidance_scale=2.0, num_inference_steps=4, keyframes=keyframes[:, 0:4],
+        cond[:, 0:32],
+        16,
+        guidance_scale=2.0,
+        num_inference_steps=4,
+        keyframes=keyframes[:, 0:4],
         latents=latents[:, 0:16],
     )
     second = model.generate(
-        cond[:, 24:56], 16, guidance_scale=2.0, num_inference_steps=4, keyframes=keyframes[:, 3:7],
+        cond[:, 24:56],
+        16,
+        guidance_scale=2.0,
+        num_inference_steps=4,
+        keyframes=keyframes[:, 3:7],
         latents=latents[:, 12:28],
     )
     torch.testing.assert_close(out[:, :12], first[:, :12], atol=1e-5, rtol=0)
@@ -346,6 +354,8 @@ def test_bad_input_raises_specific_errors():
         model.denoiser(x, timesteps, cond, keyframes, mask=torch.ones(2, 1, 1, 12, dtype=torch.bool))
     with pytest.raises(InputError, match=r"keyframes must be .* = \(2, 3, 6\)"):
         model.denoiser(x, timesteps, cond, keyframes[:, :2])
+    with pytest.raises(InputError, match="84 frames need more than max_keyframes=20"):
+        model.denoiser(torch.randn(2, 84, 6), timesteps, cond)
     with pytest.raises(InputError, match="guidance_scale must be >= 0"):
         model.generate(cond, 12, guidance_scale=-0.5, num_inference_steps=2)
     with pytest.raises(InputError, match="guidance_scale has 3 values for a batch of 2"):

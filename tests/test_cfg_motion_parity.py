@@ -8,13 +8,13 @@ import shutil
 
 import pytest
 import torch
+from conftest import upstream_fixture
 from safetensors.torch import load_file
 from transformers import AutoModel
 
 from hf_tts.cli import main
 from hf_tts.convert.a2p import read_a2p_checkpoint
 from hf_tts.errors import CheckpointMismatchError
-from conftest import upstream_fixture
 
 FIXTURES = ["a2p_pose_tiny", "a2p_face_tiny"]
 

@@ -85,6 +85,21 @@ def test_resolve_serves_etag_commit_and_byte_ranges(local_hub):
     assert response.status == 416 and response.getheader("Content-Range") == f"bytes */{len(data)}"
 
 
+def test_a_chunked_commit_body_is_accepted(local_hub):
+    HfApi().create_repo("org/chunked")
+    payload = _ndjson({"key": "header", "value": {"summary": "chunked"}}, _file_line("w.bin", b"w" * 100_000))
+    pieces = (payload[start : start + 1000] for start in range(0, len(payload), 1000))
+    host, port = local_hub.server_address[:2]
+    connection = http.client.HTTPConnection(host, port, timeout=30)
+    connection.request("POST", "/api/models/org/chunked/commit/main", body=pieces, encode_chunked=True)
+    response = connection.getresponse()
+    answer = json.loads(response.read())
+    connection.close()
+    assert response.status == 200
+    assert _head(HfApi(), "org/chunked") == answer["commitOid"]
+    assert _snapshot(local_hub, "org/chunked") == {"w.bin": b"w" * 100_000}
+
+
 def test_a_stale_parent_commit_is_rejected(local_hub):
     api = HfApi()
     api.create_repo("org/stale")
@@ -106,9 +121,7 @@ def _concurrent_pushes(repo_id: str, parent_commit: str | None) -> list:
     results: list = [None, None]
 
     def push(index: int) -> None:
-        operations = [
-            CommitOperationAdd(f"part{n}.bin", f"push {index} part {n} ".encode() * 20000) for n in range(3)
-        ]
+        operations = [CommitOperationAdd(f"part{n}.bin", f"push {index} part {n} ".encode() * 20000) for n in range(3)]
         barrier.wait()
         try:
             results[index] = HfApi().create_commit(
@@ -195,6 +208,12 @@ def test_writes_need_the_token_when_one_is_set(local_hub):
     commit = HfApi(token="s3cret").upload_file(path_or_fileobj=b"x", path_in_repo="x.bin", repo_id="org/guarded")
     # Reads of public repos stay open.
     assert HfApi().model_info("org/guarded").sha == commit.oid
+    # Private repos are readable with the token only (and look missing without it, as on the Hub).
+    HfApi(token="s3cret").create_repo("org/hidden", private=True)
+    with pytest.raises(HfHubHTTPError) as hidden:
+        HfApi().model_info("org/hidden")
+    assert hidden.value.response.status_code == 404
+    assert HfApi(token="s3cret").model_info("org/hidden").private is True
     local_hub.read_only = True
     with pytest.raises(HfHubHTTPError) as read_only:
         HfApi(token="s3cret").upload_file(path_or_fileobj=b"y", path_in_repo="y.bin", repo_id="org/guarded")

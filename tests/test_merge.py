@@ -314,3 +314,26 @@ def test_plan_reads_headers_and_reports_copies(folders):
 def test_missing_source_is_clear(tmp_path, folders):
     with pytest.raises(InputError, match="does not exist"):
         hf_tts.merge([folders[0], tmp_path / "nope" / "x"], out_dir=tmp_path / "out")
+
+
+def test_config_from_and_vocoder_copy(folders, tmp_path):
+    donor = make_f5_folder(tmp_path / "donor", 9, cfg_strength=3.5)  # a sampling default, not a structural field
+    sources = []
+    for index in range(2):
+        folder = make_f5_folder(tmp_path / f"v{index}", index)
+        (folder / "vocoder").mkdir()
+        (folder / "vocoder" / "config.json").write_text('{"model_type": "hf_tts_vocos"}')
+        sources.append(folder)
+    path, _ = hf_tts.merge(sources, out_dir=tmp_path / "out", config_from=donor)
+    assert AutoModel.from_pretrained(path).config.cfg_strength == 3.5
+    assert (path / "vocoder" / "config.json").read_text() == '{"model_type": "hf_tts_vocos"}'
+    (sources[1] / "vocoder" / "config.json").write_text('{"model_type": "other"}')
+    with pytest.raises(CheckpointMismatchError, match="vocoder folders of source 1 .* and source 2"):
+        hf_tts.merge(sources, out_dir=tmp_path / "bad")
+
+
+def test_hf_tts_merge_is_callable_and_importable():
+    import hf_tts.merge.plan as plan_module
+
+    assert callable(hf_tts.merge) and plan_module.build_plan is build_plan
+    assert "merge" in hf_tts.__all__

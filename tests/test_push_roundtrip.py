@@ -13,31 +13,19 @@ from transformers import AutoModel, pipeline
 from hf_tts.cli import main as hf_tts_main
 from hf_tts.hub.cards import usage_snippet, write_model_card
 from hf_tts.hub.push import push_folder
-from hf_tts.models.f5.configuration_f5 import F5TTSConfig
 from hf_tts.models.f5.modeling_f5 import F5TTSModel
 from hf_tts.models.vocos.configuration_vocos import VocosConfig
 from hf_tts.models.vocos.modeling_vocos import VocosModel
 from hf_tts.processing import F5FeatureExtractor, F5Processor
 from hf_tts.tokenization_f5 import F5Tokenizer
+from tests.merge_utils import tiny_f5_config
 
 VOCAB = [" ", ".", "a", "b", "c", "d", "e", "h", "l", "o"]
 
 
 def tiny_f5(seed: int = 0) -> F5TTSModel:
     torch.manual_seed(seed)
-    config = F5TTSConfig.from_preset(
-        "F5TTS_v1_Base",
-        dim=32,
-        depth=2,
-        heads=2,
-        dim_head=16,
-        text_dim=16,
-        conv_layers=1,
-        text_num_embeds=len(VOCAB),
-        mel_dim=16,
-        tokenizer_type="char",
-    )
-    return F5TTSModel(config)
+    return F5TTSModel(tiny_f5_config(text_num_embeds=len(VOCAB), tokenizer_type="char"))
 
 
 def assert_same_tensors(left: torch.nn.Module, right: torch.nn.Module) -> None:
@@ -68,7 +56,7 @@ def test_model_push_to_hub_uploads_the_generated_card_and_loads_back_identical(l
     scope: dict = {}
     exec(snippet, scope)  # noqa: S102  (the snippet the package itself generated)
     assert_same_tensors(model, scope["model"])
-    assert tuple(scope["mel"].shape) == (1, 48, 16)
+    assert tuple(scope["mel"].shape) == (1, 48, model.config.mel_dim)
 
 
 def test_a_second_push_adds_a_revision_and_the_first_stays_loadable(local_hub):
@@ -153,7 +141,9 @@ def test_merge_push_to_hub_round_trip(local_hub, tmp_path):
 def speech_folder(path: Path) -> Path:
     """A tiny F5 with a random Vocos attached and a char tokenizer/processor: a folder the pipeline can speak from."""
     model = tiny_f5()
-    model.attach_vocoder(VocosModel(VocosConfig(n_mels=16, num_layers=1, dim=16, intermediate_dim=24)))
+    model.attach_vocoder(
+        VocosModel(VocosConfig(n_mels=model.config.mel_dim, num_layers=1, dim=16, intermediate_dim=24))
+    )
     path.mkdir(parents=True)
     vocab = path / "vocab.txt"
     vocab.write_text("".join(f"{token}\n" for token in VOCAB), encoding="utf-8")

@@ -94,6 +94,8 @@ def test_unfrozen_quantizer_trains(tmp_path):
 def test_motion_rows_are_checked_against_the_config():
     config = CFGMotionConfig(architecture="body", **TINY)
     with pytest.raises(ValueError, match="motion must be \\(frames, 6\\)"):
-        prepare_motion_dataset(Dataset.from_dict({"cond_features": [np.zeros((4, 8))], "motion": [np.zeros((5, 3))]}), config)
+        prepare_motion_dataset(
+            Dataset.from_dict({"cond_features": [np.zeros((4, 8))], "motion": [np.zeros((5, 3))]}), config
+        )
     with pytest.raises(ValueError, match="missing motion"):
         prepare_motion_dataset(Dataset.from_dict({"cond_features": [np.zeros((4, 8))]}), config)

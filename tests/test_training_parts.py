@@ -125,7 +125,9 @@ def test_precomputed_mels_are_cached_by_datasets_map(tmp_path, tokenizer):
 
 def test_unknown_tokens_and_short_clips_are_reported(tokenizer):
     config = tiny_f5_config()
-    dataset = Dataset.from_dict({"audio": [{"array": np.zeros(4000), "sampling_rate": SAMPLING_RATE}], "text": ["hé 7"]})
+    dataset = Dataset.from_dict(
+        {"audio": [{"array": np.zeros(4000), "sampling_rate": SAMPLING_RATE}], "text": ["hé 7"]}
+    )
     with pytest.raises(InputError, match="2 token\\(s\\) missing from the model's vocab: 'é7'"):
         prepare_tts_dataset(dataset, tokenizer, config)
     rows = prepare_tts_dataset(dataset, tokenizer, config, allow_unknown_tokens=True)

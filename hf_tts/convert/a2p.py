@@ -75,7 +75,9 @@ def rename_key(key: str) -> str:
 
 def _require(state_dict: dict[str, torch.Tensor], key: str, source: Path) -> torch.Tensor:
     if key not in state_dict:
-        raise CheckpointMismatchError(f"{source}: key {key!r} is missing; this is not an audio2photoreal FiLMTransformer")
+        raise CheckpointMismatchError(
+            f"{source}: key {key!r} is missing; this is not an audio2photoreal FiLMTransformer"
+        )
     return state_dict[key]
 
 
@@ -112,7 +114,9 @@ def config_from_upstream(args: dict, state_dict: dict[str, torch.Tensor], source
     try:
         return CFGMotionConfig(**fields)
     except Exception as error:
-        raise CheckpointMismatchError(f"{source}: the weights do not form a valid CFG motion config: {error}") from error
+        raise CheckpointMismatchError(
+            f"{source}: the weights do not form a valid CFG motion config: {error}"
+        ) from error
 
 
 def read_a2p_checkpoint(source_dir: str | Path) -> A2PCheckpoint:

@@ -250,6 +250,7 @@ def convert_f5_checkpoint(
     one-line CheckpointMismatchError and nothing is written. `vocoder` (a Vocos folder, upstream or converted) is
     attached and saved with the model, with its processor, so the folder alone gives speech. Returns the folder."""
     from hf_tts.convert.vocos import load_vocos
+    from hf_tts.hub.cards import kind_for_config, write_model_card
     from hf_tts.processing import F5FeatureExtractor, F5Processor
     from hf_tts.tokenization_f5 import F5Tokenizer, read_vocab_file
 
@@ -278,4 +279,11 @@ def convert_f5_checkpoint(
         tokenizer = F5Tokenizer(str(vocab), tokenizer_type=config.tokenizer_type)
         extractor = F5FeatureExtractor(sampling_rate=config.sampling_rate, hop_length=config.hop_length)
         F5Processor(extractor, tokenizer).save_pretrained(staging)
+        write_model_card(
+            staging,
+            kind=kind_for_config(config),
+            config=config,
+            sources=[checkpoint, vocab],
+            model_id=f"./{Path(out_dir).absolute().name}",
+        )
     return Path(out_dir)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from hf_tts.errors import CheckpointMismatchError, InputError
+from hf_tts.errors import CheckpointMismatchError
 from hf_tts.file_utils import load_torch_checkpoint
 from hf_tts.models.cfg_motion.configuration_cfg_motion import VoiceQuantizerConfig
 

@@ -161,7 +161,9 @@ def convert_vocos_checkpoint(
     with atomic_output_dir(out_dir, overwrite=overwrite) as staging:
         model.save_pretrained(staging)
         weights = Path(src_dir) / "pytorch_model.bin"
-        write_model_card(staging, kind="vocos", config=model.config, sources=[weights])
+        write_model_card(
+            staging, kind="vocos", config=model.config, sources=[weights], model_id=f"./{Path(out_dir).absolute().name}"
+        )
     return model
 
 

@@ -483,25 +483,25 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 size_line = self.rfile.readline(1024)
                 if not size_line:
                     raise ConnectionError("client closed the connection mid-request")
-                size = int(size_line.split(b";")[0].strip() or b"0", 16)
+                try:
+                    size = int(size_line.split(b";")[0].strip(), 16)
+                except ValueError as error:
+                    self.close_connection = True
+                    raise RegistryError(400, f"malformed chunk size {size_line[:20]!r}") from error
                 if size == 0:
                     while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
                         pass
                     return
-                remaining = size
-                while remaining:
-                    piece = self.rfile.read(min(remaining, _CHUNK))
-                    if not piece:
-                        raise ConnectionError("client closed the connection mid-request")
-                    remaining -= len(piece)
-                    yield piece
+                yield from self._read_exactly(size)
                 self.rfile.readline(1024)
-        remaining = int(self.headers.get("Content-Length") or 0)
-        while remaining:
-            piece = self.rfile.read(min(remaining, _CHUNK))
+        yield from self._read_exactly(int(self.headers.get("Content-Length") or 0))
+
+    def _read_exactly(self, size: int) -> Iterator[bytes]:
+        while size:
+            piece = self.rfile.read(min(size, _CHUNK))
             if not piece:
                 raise ConnectionError("client closed the connection mid-request")
-            remaining -= len(piece)
+            size -= len(piece)
             yield piece
 
     def _drain_body(self) -> None:

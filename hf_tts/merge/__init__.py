@@ -8,7 +8,9 @@ config, tokenizer, recipe and model card, renames the folder into place and opti
 from __future__ import annotations
 
 import os
+import sys
 import time
+import types
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -191,5 +193,15 @@ def merge(
         report.commit_url = str(commit)
     return MergeResult(path, report)
 
+
+class _CallableModule(types.ModuleType):
+    """`hf_tts.merge` is this subpackage, and `hf_tts.merge(...)` calls `merge`: binding the attribute to the function
+    instead would break `import hf_tts.merge.plan as plan` (the import walks attributes)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> MergeResult:
+        return merge(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 __all__ = ["LayerRule", "MergeRecipe", "MergeReport", "MergeResult", "merge"]

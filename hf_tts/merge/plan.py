@@ -180,7 +180,7 @@ class MergePlan:
     recipe: MergeRecipe  # resolved
     sources: list[MergeSource]
     base: MergeSource | None
-    donor: MergeSource  # config, tokenizer, vocoder and sidecar files come from here
+    donor: MergeSource  # config, tokenizer and XTTS sidecar files come from here
     tasks: list[TensorTask]
     shards: list[list[str]]  # keys per output shard (safetensors layout)
     max_shard_size: int
@@ -264,7 +264,9 @@ def _check_weights(recipe: MergeRecipe) -> None:
             raise InputError(f"--layer-weights {rule.pattern!r} is not a valid regular expression: {error}") from error
 
 
-def _check_agreement(reference: MergeSource, others: list[tuple[str, MergeSource]], allow_config_mismatch: bool):
+def _check_agreement(
+    reference: MergeSource, others: list[tuple[str, MergeSource]], allow_config_mismatch: bool, vocoder: bool = True
+):
     first_label = f"source 1 ({reference.spec})"
     for label, source in others:
         if source.family != reference.family:
@@ -285,7 +287,7 @@ def _check_agreement(reference: MergeSource, others: list[tuple[str, MergeSource
                 f"{label} ({', '.join(sorted(source.vocab_files)) or 'none'}) differ: token ids would not line up, "
                 "so the text embeddings cannot be averaged"
             )
-        if reference.vocoder_sha256 != source.vocoder_sha256:
+        if vocoder and reference.vocoder_sha256 != source.vocoder_sha256:
             raise CheckpointMismatchError(
                 f"the vocoder folders of {first_label} and {label} differ (or only one has one); merge the "
                 "vocoders separately or remove the differing one"
@@ -372,7 +374,10 @@ def build_plan(recipe: MergeRecipe, *, trust_pickle: bool = False, token: str | 
     donor = sources[0]
     if recipe.config_from is not None:
         donor = open_source(recipe.config_from, options)
-        _check_agreement(sources[0], [(f"--config-from ({donor.spec})", donor)], recipe.allow_config_mismatch)
+        # The donor gives config and tokenizer only; the vocoder comes from the (agreeing) sources.
+        _check_agreement(
+            sources[0], [(f"--config-from ({donor.spec})", donor)], recipe.allow_config_mismatch, vocoder=False
+        )
 
     infos = sources[0].reader.infos()
     rules = [(rule, re.compile(rule.pattern)) for rule in recipe.layer_weights]

@@ -114,7 +114,8 @@ def write_xtts_weights(plan: MergePlan, folder: Path, stats: DistanceStats) -> P
 
 
 def copy_companion_files(plan: MergePlan, folder: Path) -> None:
-    """Config (dtype updated when --dtype changed it), tokenizer / vocab and vocoder from the config donor."""
+    """Config (dtype updated when --dtype changed it) and tokenizer / vocab (or XTTS sidecar files) from the config
+    donor; the vocoder folder from the first source (the plan checked that every source has the same one)."""
     donor = plan.donor
     if plan.layout == "xtts":
         for name in XTTS_SIDECARS:
@@ -137,8 +138,9 @@ def copy_companion_files(plan: MergePlan, folder: Path) -> None:
     for name in TOKENIZER_FILES:
         if (donor.folder / name).is_file():
             shutil.copyfile(donor.folder / name, folder / name)
-    if (donor.folder / VOCODER_DIR).is_dir():
-        shutil.copytree(donor.folder / VOCODER_DIR, folder / VOCODER_DIR)
+    first = plan.sources[0].folder
+    if first is not None and (first / VOCODER_DIR).is_dir():
+        shutil.copytree(first / VOCODER_DIR, folder / VOCODER_DIR)
 
 
 def plot_distances(distances: dict[str, list[float]], labels: list[str], path: Path) -> None:

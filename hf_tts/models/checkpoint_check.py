@@ -176,6 +176,21 @@ def expected_state_shapes(model_class: type[torch.nn.Module], config: FlowMatchi
     return {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
 
 
+def zero_init_keys(model_class: type[torch.nn.Module], config: FlowMatchingTTSConfig) -> set[str]:
+    """Keys of the adaLN modulations and output projection: a folder may lack them (they are initialised, to zero
+    with `init_adaln_zero`), so their absence is not a mismatch."""
+    from hf_tts.layers.normalization import ZeroInitLinear
+
+    with torch.device("meta"):
+        model = model_class(config)
+    return {
+        f"{name}.{param}"
+        for name, module in model.named_modules()
+        if isinstance(module, ZeroInitLinear)
+        for param, _ in module.named_parameters(recurse=False)
+    }
+
+
 def read_safetensors_shapes(path: str | os.PathLike) -> dict[str, tuple]:
     """{key: shape} from a safetensors file's JSON header only (the tensors are not read)."""
     with open(path, "rb") as handle:
@@ -204,4 +219,7 @@ def check_pretrained_folder(
     for name in files:
         shapes.update(read_safetensors_shapes(folder / name))
     label = f"the config of {folder} ({config.architecture or config.model_type})"
-    check_weight_shapes(shapes, expected_state_shapes(model_class, config), config, arch_label=label)
+    expected = expected_state_shapes(model_class, config)
+    for key in zero_init_keys(model_class, config) - set(shapes):
+        del expected[key]
+    check_weight_shapes(shapes, expected, config, arch_label=label)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from hf_tts.audio import LogMelSpectrogram
+from hf_tts.audio import LogMelSpectrogram, load_audio
 from hf_tts.errors import InputError
 from hf_tts.tokenization_f5 import TEXT_PAD_ID
 
@@ -93,48 +93,22 @@ def load_metadata_folder(folder: str | os.PathLike) -> Any:
     return Dataset.from_dict({"audio": audio_paths, "text": texts})
 
 
-def _to_mono_float32(samples: np.ndarray) -> np.ndarray:
-    samples = np.asarray(samples, dtype=np.float32)
-    return samples.mean(axis=1) if samples.ndim == 2 else samples
-
-
-def _read_audio_file(source: str | io.BytesIO, sampling_rate: int, where: str) -> np.ndarray:
-    """Decode a sound file with soundfile, downmix to mono and resample to `sampling_rate`."""
-    import soundfile
-    import soxr
-
-    try:
-        samples, file_rate = soundfile.read(source, dtype="float32", always_2d=False)
-    except (soundfile.LibsndfileError, RuntimeError, OSError) as error:
-        raise InputError(f"{where}: cannot read the audio ({error})") from error
-    samples = _to_mono_float32(samples)
-    if file_rate != sampling_rate:
-        samples = soxr.resample(samples, file_rate, sampling_rate).astype(np.float32)
-    return samples
-
-
 def load_audio_source(source: Any, sampling_rate: int, where: str = "audio") -> np.ndarray:
-    """Mono float32 samples at `sampling_rate` from any audio value a dataset row may hold (see module docstring)."""
-    import soxr
-
-    if isinstance(source, (str, os.PathLike)):
-        return _read_audio_file(str(source), sampling_rate, f"{where} ({source})")
-    if isinstance(source, Mapping):
-        if source.get("array") is not None:
-            if not source.get("sampling_rate"):
-                raise InputError(f"{where}: an audio array needs its 'sampling_rate'")
-            samples = _to_mono_float32(source["array"])
-            if int(source["sampling_rate"]) != sampling_rate:
-                samples = soxr.resample(samples, int(source["sampling_rate"]), sampling_rate).astype(np.float32)
-            return samples
+    """Mono float32 samples at `sampling_rate` from any audio value a dataset row may hold: what
+    `hf_tts.audio.load_audio` reads (paths, arrays, `{"array", "sampling_rate"}`) plus the `{"bytes", "path"}`
+    dicts of an `Audio(decode=False)` column."""
+    if isinstance(source, Mapping) and source.get("array") is None:
         if source.get("bytes") is not None:
-            return _read_audio_file(io.BytesIO(source["bytes"]), sampling_rate, where)
+            import soundfile
+
+            try:
+                samples, rate = soundfile.read(io.BytesIO(source["bytes"]), dtype="float32", always_2d=True)
+            except (soundfile.LibsndfileError, RuntimeError, ValueError) as error:
+                raise InputError(f"{where}: the audio bytes are not readable audio ({error})") from error
+            return load_audio(samples.mean(axis=1), sampling_rate, input_sampling_rate=rate, source=where)
         if source.get("path"):
-            return _read_audio_file(str(source["path"]), sampling_rate, f"{where} ({source['path']})")
-    raise InputError(
-        f"{where}: unsupported audio value of type {type(source).__name__}; expected a file path or a dict with "
-        "'array' + 'sampling_rate', 'bytes' or 'path'"
-    )
+            return load_audio(source["path"], sampling_rate, source=where)
+    return load_audio(source, sampling_rate, source=where)
 
 
 def _audio_file_of(source: Any) -> str | None:

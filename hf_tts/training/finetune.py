@@ -149,8 +149,12 @@ def finetune(
     from transformers import TrainingArguments
 
     from hf_tts.flow_matching import FlowMatchingTTSModel
-    from hf_tts.training.data import FlowMatchingDataCollator, find_unknown_tokens, mel_spectrogram_for
-    from hf_tts.training.data import prepare_tts_dataset
+    from hf_tts.training.data import (
+        FlowMatchingDataCollator,
+        find_unknown_tokens,
+        mel_spectrogram_for,
+        prepare_tts_dataset,
+    )
     from hf_tts.training.ema import EMACallback
     from hf_tts.training.motion_data import MotionDataCollator, prepare_motion_dataset
     from hf_tts.training.trainer import HfTtsTrainer, bf16_available, loss_history, save_trained_model
@@ -170,8 +174,8 @@ def finetune(
     if resume and (checkpoint_dir is None or save_steps <= 0):
         raise InputError("resuming needs the checkpoint folder (--checkpoint-dir) and --save-steps > 0")
 
-    model, tokenizer = _load_model_and_tokenizer(model_id)
     dataset = data if not isinstance(data, (str, os.PathLike)) else _load_rows(data)
+    model, tokenizer = _load_model_and_tokenizer(model_id)
     added_tokens: list[str] = []
     if isinstance(model, FlowMatchingTTSModel):
         if extend_vocab:
@@ -219,9 +223,7 @@ def finetune(
             disable_tqdm=not progress,
             remove_unused_columns=False,
         )
-        ema = EMACallback(
-            max_decay=ema_decay, update_after_step=ema_update_after_step, update_every=ema_update_every
-        )
+        ema = EMACallback(max_decay=ema_decay, update_after_step=ema_update_after_step, update_every=ema_update_every)
         trainer = HfTtsTrainer(
             model=model,
             args=args,

@@ -5,7 +5,8 @@
 and divides each micro-batch loss (a mean) by the gradient-accumulation steps. `HfTtsTrainer` adds what the plain
 Trainer lacks:
 
-- batches bucketed by frame count (`FrameBucketBatchSampler`) when `batch_frames` is given;
+- batches bucketed by frame count (`FrameBucketBatchSampler`) when `batch_frames` is given, and the prepared
+  columns kept for the collator (`remove_unused_columns` off);
 - resuming restores the `EMACallback`'s average from the checkpoint before training continues;
 - the losses are means, never normalised by a token count (`loss_is_scaled_for_ga = False`).
 
@@ -47,6 +48,9 @@ class HfTtsTrainer(Trainer):
         self, *args, batch_frames: int | None = None, length_column: str = "num_frames", max_samples: int = 0, **kwargs
     ):
         super().__init__(*args, **kwargs)
+        # The collators read prepared columns (text_ids, num_frames, audio...) that are not forward arguments;
+        # Trainer's default column pruning would drop them before the collator sees them.
+        self.args.remove_unused_columns = False
         self.batch_frames = batch_frames
         self.length_column = length_column
         self.max_samples = max_samples

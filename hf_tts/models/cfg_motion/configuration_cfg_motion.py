@@ -60,7 +60,9 @@ class VoiceQuantizerConfig(PreTrainedConfig):
 
     def validate_quantizer(self) -> None:
         if self.semantic_frame_rate not in ("25hz", "50hz"):
-            raise ValueError(f"quantizer.semantic_frame_rate must be '25hz' or '50hz', got {self.semantic_frame_rate!r}")
+            raise ValueError(
+                f"quantizer.semantic_frame_rate must be '25hz' or '50hz', got {self.semantic_frame_rate!r}"
+            )
         for name in ("ssl_dim", "n_q", "bins", "kmeans_iters"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"quantizer.{name} must be > 0, got {getattr(self, name)!r}")
@@ -169,7 +171,9 @@ class CFGMotionConfig(HfTtsConfig):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
         if self.prediction_type != "x0":
-            raise ValueError(f"prediction_type must be 'x0' (the only target upstream trains), got {self.prediction_type!r}")
+            raise ValueError(
+                f"prediction_type must be 'x0' (the only target upstream trains), got {self.prediction_type!r}"
+            )
         if self.noise_schedule not in ("cosine", "linear"):
             raise ValueError(f"noise_schedule must be 'cosine' or 'linear', got {self.noise_schedule!r}")
         if self.guidance_scale < 0:

@@ -25,8 +25,13 @@ from transformers.utils import ModelOutput
 
 from hf_tts.diffusion import DiffusionSchedule
 from hf_tts.errors import InputError
-from hf_tts.layers.film import DenseFiLM, FiLMDecoderLayer, InterleavedRotaryEmbedding, RotaryEncoderLayer
-from hf_tts.layers.film import rotary_frequencies
+from hf_tts.layers.film import (
+    DenseFiLM,
+    FiLMDecoderLayer,
+    InterleavedRotaryEmbedding,
+    RotaryEncoderLayer,
+    rotary_frequencies,
+)
 from hf_tts.layers.rvq import EuclideanCodebook, ResidualVectorQuantizer
 from hf_tts.modeling_utils import HfTtsPreTrainedModel
 from hf_tts.models.cfg_motion.configuration_cfg_motion import CFGMotionConfig, VoiceQuantizerConfig
@@ -49,6 +54,25 @@ def keep_mask(cond_drop_prob: float | torch.Tensor, batch_size: int, device: tor
     if bool(((drop == 0) | (drop == 1)).all()):
         return drop == 0
     return torch.rand(batch_size, device=device) < 1 - drop
+
+
+def check_frame_inputs(
+    config: CFGMotionConfig, batch: int, frames: int, keyframes: torch.Tensor | None, mask: torch.Tensor | None
+) -> None:
+    """Raise an InputError unless `mask` is (batch, frames) and `keyframes` (body models) is
+    (batch, ceil(frames / keyframe_stride), nfeats)."""
+    if mask is not None and tuple(mask.shape) != (batch, frames):
+        raise InputError(f"mask must be (batch, frames) = ({batch}, {frames}), got shape {tuple(mask.shape)}")
+    if keyframes is None:
+        return
+    if not config.use_keyframes:
+        raise InputError(f"keyframes were given but the {config.architecture!r} model has no keyframe input")
+    count = -(-frames // config.keyframe_stride)
+    if tuple(keyframes.shape) != (batch, count, config.nfeats):
+        raise InputError(
+            f"keyframes must be (batch, ceil(frames / {config.keyframe_stride}), {config.nfeats}) = "
+            f"({batch}, {count}, {config.nfeats}) for {frames} frames, got shape {tuple(keyframes.shape)}"
+        )
 
 
 class CFGMotionDenoiser(nn.Module):
@@ -88,7 +112,8 @@ class CFGMotionDenoiser(nn.Module):
             hidden = max(256, config.nfeats)
             widths = [config.nfeats, hidden] + [config.nfeats] * len(POST_CONV_DILATIONS)
             self.post_convs = nn.ModuleList(
-                nn.Conv1d(widths[i], widths[i + 1], kernel_size=3, dilation=d) for i, d in enumerate(POST_CONV_DILATIONS)
+                nn.Conv1d(widths[i], widths[i + 1], kernel_size=3, dilation=d)
+                for i, d in enumerate(POST_CONV_DILATIONS)
             )
             self.final_conv = nn.Conv1d(config.nfeats, config.nfeats, kernel_size=1)
         # Upstream's `init_weight` (xavier-normal, zero bias) covers these; the rest keep PyTorch's default init.
@@ -130,19 +155,12 @@ class CFGMotionDenoiser(nn.Module):
                 f"cond_features has {cond_features.shape[1]} frames but the denoiser takes at most max_cond_len="
                 f"{config.max_cond_len}; use generate(), which splits long conditioning into windows"
             )
-        if mask is not None and (mask.dim() != 2 or tuple(mask.shape) != (batch, frames)):
-            raise InputError(f"mask must be (batch, frames) = ({batch}, {frames}), got shape {tuple(mask.shape)}")
-        if keyframes is not None:
-            if not config.use_keyframes:
-                raise InputError(f"keyframes were given but the {config.architecture!r} model has no keyframe input")
-            count = -(-frames // config.keyframe_stride)
-            if tuple(keyframes.shape) != (batch, count, config.nfeats):
-                raise InputError(
-                    f"keyframes must be (batch, ceil(frames / {config.keyframe_stride}), {config.nfeats}) = "
-                    f"({batch}, {count}, {config.nfeats}) for {frames} frames, got shape {tuple(keyframes.shape)}"
-                )
-            if count > config.max_keyframes:
-                raise InputError(f"{count} keyframes exceed max_keyframes={config.max_keyframes}; use generate()")
+        check_frame_inputs(config, batch, frames, keyframes, mask)
+        if config.use_keyframes and frames > config.max_window_frames:
+            raise InputError(
+                f"{frames} frames need more than max_keyframes={config.max_keyframes} keyframe slots; use generate(), "
+                "which splits long sequences into windows"
+            )
 
     def _keyframe_tokens(
         self,
@@ -192,14 +210,19 @@ class CFGMotionDenoiser(nn.Module):
         self._check_inputs(x, timesteps, cond_features, keyframes, mask)
         batch, frames = x.shape[:2]
         hidden = self.input_projection(x)
-        cond_tokens = self.cond_projection(cond_features)
-        for layer in self.cond_encoder:
-            cond_tokens = layer(cond_tokens)
         keep = keep_mask(cond_drop_prob, batch, x.device)
-        null_tokens = self.null_cond_embed[:, : cond_tokens.shape[1]].to(cond_tokens.dtype)
-        cond_tokens = torch.where(keep[:, None, None], cond_tokens, null_tokens)
-        cond_hidden = self.pooled_cond_projection(cond_tokens.mean(dim=1))
-        cond_hidden = torch.where(keep[:, None], cond_hidden, self.null_cond_hidden.to(cond_hidden.dtype))
+        # Dropped samples take the null embeddings; the conditioning path runs on the kept samples only (the
+        # unconditional half of guided sampling costs no cond projection / cond encoder).
+        null_tokens = self.null_cond_embed[:, : cond_features.shape[1]].to(x.dtype)
+        cond_tokens = null_tokens.expand(batch, -1, -1)
+        cond_hidden = self.null_cond_hidden.to(x.dtype).expand(batch, -1)
+        kept = torch.nonzero(keep).flatten()
+        if kept.numel():
+            kept_tokens = self.cond_projection(cond_features[kept])
+            for layer in self.cond_encoder:
+                kept_tokens = layer(kept_tokens)
+            cond_tokens = cond_tokens.index_copy(0, kept, kept_tokens)
+            cond_hidden = cond_hidden.index_copy(0, kept, self.pooled_cond_projection(kept_tokens.mean(dim=1)))
 
         time_hidden = F.mish(self.time_mlp(timestep_embedding(timesteps, self.config.latent_dim).to(x.dtype)))
         film_cond = self.to_time_cond(time_hidden) + cond_hidden
@@ -550,15 +573,7 @@ class CFGMotionModel(CFGMotionPreTrainedModel):
             latents = torch.randn(shape, generator=generator, device=cond.device, dtype=cond.dtype)
         elif tuple(latents.shape) != shape:
             raise InputError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
-        if mask is not None and tuple(mask.shape) != (batch, num_frames):
-            raise InputError(f"mask must be (batch, frames) = ({batch}, {num_frames}), got shape {tuple(mask.shape)}")
-        if keyframes is not None:
-            count = -(-num_frames // config.keyframe_stride)
-            if keyframes.dim() != 3 or keyframes.shape[:2] != (batch, count):
-                raise InputError(
-                    f"keyframes must be (batch, ceil(frames / {config.keyframe_stride}), nfeats) = ({batch}, {count}, "
-                    f"{config.nfeats}), got shape {tuple(keyframes.shape)}"
-                )
+        check_frame_inputs(config, batch, num_frames, keyframes, mask)
         schedule = self.schedule.respaced(num_inference_steps or config.num_inference_steps)
         eta = config.ddim_eta if eta is None else eta
 

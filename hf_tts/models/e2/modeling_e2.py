@@ -69,26 +69,13 @@ class UNetT(FlowMatchingBackbone):
         self.norm_out = ScaledL2RMSNorm(config.dim)
         self.proj_out = ZeroInitLinear(config.dim, config.mel_dim)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        cond: torch.Tensor,
-        text: torch.Tensor,
-        time: torch.Tensor | float,
-        mask: torch.Tensor | None = None,
-        drop_audio_cond: bool | torch.Tensor = False,
-        drop_text: bool | torch.Tensor = False,
-        cfg_infer: bool = False,
-        text_embed: torch.Tensor | None = None,
-        mask_padded_keys: bool | None = None,
+    def transform(
+        self, h: torch.Tensor, t_emb: torch.Tensor, mask: torch.Tensor | None, mask_keys: bool
     ) -> torch.Tensor:
-        """Same arguments and output as `DiT.forward`."""
-        h, t_emb, mask = self.embed_inputs(x, cond, text, time, mask, drop_audio_cond, drop_text, cfg_infer, text_embed)
-        h = torch.cat((t_emb.unsqueeze(1), h), dim=1)
+        h = torch.cat((t_emb.unsqueeze(1), h), dim=1)  # time is token 0 (rotary position 0)
         if mask is not None:
             mask = F.pad(mask, (1, 0), value=True)
         rope = self.rotary_embed(h.shape[1], device=h.device)
-        mask_keys = self.mask_keys(mask_padded_keys)
         half = len(self.layers) // 2
         skips = []
         for index, layer in enumerate(self.layers):

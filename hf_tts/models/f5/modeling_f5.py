@@ -60,26 +60,10 @@ class DiT(FlowMatchingBackbone):
         self.norm_out = AdaLayerNormZeroFinal(config.dim)
         self.proj_out = ZeroInitLinear(config.dim, config.mel_dim)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        cond: torch.Tensor,
-        text: torch.Tensor,
-        time: torch.Tensor | float,
-        mask: torch.Tensor | None = None,
-        drop_audio_cond: bool | torch.Tensor = False,
-        drop_text: bool | torch.Tensor = False,
-        cfg_infer: bool = False,
-        text_embed: torch.Tensor | None = None,
-        mask_padded_keys: bool | None = None,
+    def transform(
+        self, h: torch.Tensor, t_emb: torch.Tensor, mask: torch.Tensor | None, mask_keys: bool
     ) -> torch.Tensor:
-        """x, cond (B, N, mel_dim); text (B, T) ids padded with -1; time (B,) or scalar; mask (B, N) valid frames.
-        drop_* are bools or (B,) bool tensors. `cfg_infer` returns the packed (2B, N, mel_dim) batch: conditional,
-        then audio and text dropped. `text_embed` is a precomputed `embed_text(...)` for the same inputs.
-        `mask_padded_keys` overrides `config.attn_mask_enabled` (whether attention ignores padded frames)."""
-        h, t_emb, mask = self.embed_inputs(x, cond, text, time, mask, drop_audio_cond, drop_text, cfg_infer, text_embed)
         rope = self.rotary_embed(h.shape[1], device=h.device)
-        mask_keys = self.mask_keys(mask_padded_keys)
         residual = h
         for block in self.transformer_blocks:
             h = block(h, t_emb, rope, mask, mask_keys)

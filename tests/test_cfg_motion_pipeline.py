@@ -1,0 +1,108 @@
+"""The `audio-to-motion` pipeline and `hf-tts animate`: raw audio through a (tiny, random) transformers speech
+encoder, or precomputed features, to motion; files written by the CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from transformers import pipeline
+
+from hf_tts import CFGMotionConfig, CFGMotionModel
+from hf_tts.cli import main
+from hf_tts.errors import InputError
+
+TINY_WAV2VEC2 = {
+    "model_type": "wav2vec2",
+    "hidden_size": 8,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 16,
+    "conv_dim": [8, 8],
+    "conv_kernel": [10, 4],
+    "conv_stride": [5, 4],
+    "num_feat_extract_layers": 2,
+    "num_conv_pos_embeddings": 8,
+    "num_conv_pos_embedding_groups": 2,
+}
+TINY = dict(nfeats=6, latent_dim=16, heads=2, layers=1, ff_size=32, cond_feature_dim=8, cond_encoder_layers=1)
+
+
+@pytest.fixture(scope="module")
+def audio_model_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    config = CFGMotionConfig(
+        architecture="face", audio_encoder=TINY_WAV2VEC2, num_inference_steps=4, max_cond_len=1000, **TINY
+    )
+    folder = tmp_path_factory.mktemp("a2m") / "model"
+    CFGMotionModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def features_model_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("a2m") / "features_model"
+    CFGMotionModel(
+        CFGMotionConfig(architecture="face", num_inference_steps=4, max_cond_len=64, **TINY)
+    ).save_pretrained(folder)
+    return folder
+
+
+def test_pipeline_turns_audio_into_motion(audio_model_dir, tmp_path):
+    pipe = pipeline("audio-to-motion", model=str(audio_model_dir), device="cpu")
+    assert not any(p.requires_grad for p in pipe.model.audio_encoder.parameters()), "frozen audio encoder"
+    wave = np.random.default_rng(0).standard_normal(8000).astype(np.float32)  # 0.5 s at 16 kHz
+    first = pipe(wave, seed=1, guidance_scale=3.0)
+    assert first["fps"] == 30
+    assert first["motion"].shape == (15, 6) and first["motion"].dtype == np.float32
+    np.testing.assert_array_equal(pipe(wave, seed=1, guidance_scale=3.0)["motion"], first["motion"])
+    assert not np.allclose(pipe(wave, seed=2, guidance_scale=3.0)["motion"], first["motion"])
+    # A file at another rate is resampled to the encoder's 16 kHz: 0.5 s still gives 15 frames.
+    path = tmp_path / "voice.wav"
+    soundfile.write(path, wave[::2], 8000)
+    assert pipe(str(path), seed=1)["motion"].shape == (15, 6)
+
+
+def test_pipeline_with_precomputed_features(features_model_dir):
+    pipe = pipeline("audio-to-motion", model=str(features_model_dir), device="cpu")
+    features = np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32)
+    out = pipe({"cond_features": features}, num_frames=12, seed=0)
+    assert out["motion"].shape == (12, 6)
+    expected = pipe.model.generate(torch.from_numpy(features)[None], 12, generator=torch.Generator().manual_seed(0))[
+        0
+    ].numpy()
+    np.testing.assert_allclose(out["motion"], expected, atol=1e-6)
+    with pytest.raises(InputError, match="no audio encoder"):
+        pipe(np.zeros(1600, dtype=np.float32))
+    with pytest.raises(InputError, match="num_frames is required"):
+        pipe({"cond_features": features})
+
+
+def test_animate_cli_writes_motion_and_plot(audio_model_dir, tmp_path, capsys):
+    audio = tmp_path / "voice.wav"
+    soundfile.write(audio, np.random.default_rng(1).standard_normal(16000).astype(np.float32) * 0.1, 16000)
+    out, plot = tmp_path / "motion.npy", tmp_path / "curves.png"
+    code = main(["animate", str(audio_model_dir), str(audio), "--out", str(out), "--plot", str(plot), "--seed", "0"])
+    assert code == 0
+    motion = np.load(out)
+    assert motion.shape == (30, 6)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "30 frames x 6 features at 30 fps" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["curves.png", "motion.npy", "voice.wav"]
+    # Existing outputs are kept unless --overwrite.
+    assert main(["animate", str(audio_model_dir), str(audio), "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    np.testing.assert_array_equal(np.load(out), motion)
+
+
+def test_animate_cli_from_features(features_model_dir, tmp_path, capsys):
+    features = tmp_path / "features.npy"
+    np.save(features, np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32))
+    out = tmp_path / "motion.npy"
+    assert main(["animate", str(features_model_dir), "--features", str(features), "--out", str(out)]) == 2
+    assert "--num-frames" in capsys.readouterr().err
+    args = ["animate", str(features_model_dir), "--features", str(features), "--num-frames", "9", "--out", str(out)]
+    assert main(args) == 0
+    assert np.load(out).shape == (9, 6)
