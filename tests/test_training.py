@@ -175,3 +175,37 @@ def test_e2_model_trains_with_the_same_pipeline(setup):
     assert len(losses) == 3 and all(np.isfinite(losses))
     changed = [name for name, value in trainer.model.state_dict().items() if not torch.equal(value, before[name])]
     assert any(name.startswith("backbone.text_embed") for name in changed)
+
+
+def test_plain_trainer_with_fixed_batches_and_ema_resumes_from_its_output_dir(setup):
+    """The EMA callback also works with the stock Trainer: on resume it reads the checkpoint Trainer resumes from."""
+    folder, _, config, dataset = setup
+
+    def plain_trainer(max_steps: int, ema: EMACallback) -> Trainer:
+        torch.manual_seed(0)
+        args = TrainingArguments(
+            output_dir=str(folder / "plain"),
+            max_steps=max_steps,
+            per_device_train_batch_size=2,
+            save_strategy="steps",
+            save_steps=2,
+            remove_unused_columns=False,
+            report_to=[],
+            use_cpu=True,
+            disable_tqdm=True,
+        )
+        return Trainer(
+            model=F5TTSModel(config),
+            args=args,
+            train_dataset=dataset,
+            data_collator=FlowMatchingDataCollator(),
+            callbacks=[ema],
+        )
+
+    first = make_ema()
+    plain_trainer(2, first).train()
+    resumed = make_ema()
+    plain_trainer(3, resumed).train(resume_from_checkpoint=True)
+    assert resumed.num_updates == 3  # 2 restored from checkpoint-2, then one more step
+    stored = load_file(str(folder / "plain" / "checkpoint-2" / EMA_WEIGHTS_NAME))
+    assert all(torch.equal(stored[name], first.shadow[name]) for name in stored)

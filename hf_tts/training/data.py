@@ -201,8 +201,10 @@ def prepare_tts_dataset(
     def prepare_row(row: dict, index: int) -> dict:
         where = f"row {index} column {audio_column!r}"
         text_ids = tokenizer.encode_batch(row[text_column]).ids[0].tolist()
-        path = _audio_file_of(row[audio_column]) if audio_kind == "audio_path" else None
-        if path is not None:
+        if audio_kind == "audio_path":
+            path = _audio_file_of(row[audio_column])
+            if path is None:
+                raise InputError(f"{where}: the column mixes file references with decoded audio; use one kind")
             import soundfile
 
             try:
