@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import load_file
-
 from transformers.audio_utils import mel_filter_bank
 
 from hf_tts.audio import LogMelSpectrogram
