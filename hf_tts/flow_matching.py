@@ -239,6 +239,9 @@ class FlowMatchingTTSModel(SpeechSynthesisMixin, HfTtsPreTrainedModel):
     main_input_name = "mel"
     input_modalities = ("audio", "text")
     supports_gradient_checkpointing = True
+    # forward() returns a per-batch mean and takes no `num_items_in_batch`: Trainer must divide by the number of
+    # gradient-accumulation steps itself.
+    accepts_loss_kwargs = False
 
     def __init__(self, config: FlowMatchingTTSConfig):
         super().__init__(config)

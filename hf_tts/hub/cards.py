@@ -40,6 +40,8 @@ _FAMILY_TAGS: dict[str, str] = {
     "hf_tts_vocos": "vocos",
     "hf_tts_cfg_motion": "audio-to-motion",
 }
+# Families whose task is not the kind's default (a merged or fine-tuned motion model is not text-to-speech).
+_FAMILY_PIPELINE_TAGS: dict[str, str] = {"hf_tts_vocos": "audio-to-audio", "hf_tts_cfg_motion": "other"}
 _BASE_MODEL_RELATIONS = ("adapter", "merge", "quantized", "finetune")
 # Config keys shown under "Flags" rather than in the architecture table.
 _FLAG_KEYS = ("architecture", "init_adaln_zero", "freeze_quantizer")
@@ -144,6 +146,7 @@ def render_model_card(
     if base_model_relation is not None and not base_model:
         raise InputError(f"base_model_relation={base_model_relation!r} needs base_model (the parent repo ids)")
     pipeline_tag, kind_tags = _KIND_METADATA.get(kind, (None, []))
+    pipeline_tag = _FAMILY_PIPELINE_TAGS.get(getattr(config, "model_type", None), pipeline_tag)
     metadata: dict[str, Any] = {}
     if base_model_relation is not None:
         metadata["base_model_relation"] = base_model_relation

@@ -23,6 +23,7 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -131,8 +132,6 @@ class EMACallback(TrainerCallback):
             raise InputError(
                 f"{path} is missing: the checkpoint was saved without an EMA, so training cannot resume identically"
             )
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as handle:
             num_updates = int((handle.metadata() or {}).get("num_updates", "-1"))
         if num_updates < 0:
