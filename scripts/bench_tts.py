@@ -1,7 +1,7 @@
 """F5-TTS sampling speed: hf_tts against upstream F5-TTS (PyPI `f5-tts`) on the same weights, inputs and noise.
 
-    python scripts/bench_tts.py            # F5TTS_v1_Base size (about 25 minutes on 2 CPU cores)
-    python scripts/bench_tts.py --quick    # F5TTS_v1_Small size, shorter texts (under 5 minutes)
+    python scripts/bench_tts.py            # F5TTS_v1_Base size, 32 NFE
+    python scripts/bench_tts.py --quick    # F5TTS_v1_Small size, short texts, 8 NFE (a few minutes)
 
 Upstream is installed into its own virtualenv (`.bench_venv/`, created on first use: `torch==2.13.0`, `f5-tts`
 without its dependencies, and the few packages its model code imports) and runs in a subprocess
@@ -53,7 +53,6 @@ TOLERANCE = 1e-4
 VOCAB_SIZE = 2545  # released vocab.txt size; only the embedding shape matters for speed
 HOP_LENGTH, SAMPLING_RATE = 256, 24000
 
-REFERENCE_TEXT = "The quick brown fox jumps over the lazy dog."
 SINGLE_TEXT = "She sells sea shells by the sea shore, every single summer."
 PARAGRAPH = (
     "The morning was quiet. Birds sang in the old oak tree. A cat watched them from the fence. "
@@ -66,24 +65,28 @@ PARAGRAPH = (
 @dataclass(frozen=True)
 class BenchConfig:
     preset: str
+    reference_text: str
     reference_seconds: float
     single_text: str
     paragraph: str
     repeats: int
     threaded_upstream: bool
+    steps: int = 32
 
 
-FULL = BenchConfig("F5TTS_v1_Base", 1.5, SINGLE_TEXT, PARAGRAPH, repeats=2, threaded_upstream=True)
+FULL = BenchConfig("F5TTS_v1_Base", "Hello there, my friend.", 1.2, SINGLE_TEXT, PARAGRAPH, 2, threaded_upstream=True)
 QUICK = BenchConfig(
     "F5TTS_v1_Small",
-    1.0,
+    "Hello there.",
+    0.6,
     "She sells sea shells.",
-    "Birds sang. A cat watched. The shop opened. Bread was warm. Kids ran. A bus stopped. He waved. "
-    "Clouds drifted. It was calm. Day began.",
+    "The birds sang. A cat watched. The shop opened. Bread was warm. The kids ran. A bus stopped. "
+    "The man waved. Clouds drifted. It was calm. The day began.",
     repeats=1,
     threaded_upstream=False,
+    steps=8,
 )
-SAMPLING = {"steps": 32, "cfg_strength": 2.0, "sway_sampling_coef": -1.0, "seed": 1234}
+SAMPLING = {"cfg_strength": 2.0, "sway_sampling_coef": -1.0, "seed": 1234}
 
 
 def ensure_upstream_venv(venv: Path) -> Path:
@@ -229,12 +232,13 @@ def main() -> None:
     args = parser.parse_args()
     bench = QUICK if args.quick else FULL
     repeats = args.repeats or bench.repeats
+    sampling = {**SAMPLING, "steps": bench.steps}
     python = ensure_upstream_venv(args.venv)
 
     with tempfile.TemporaryDirectory(prefix="bench_tts_") as tmp:
         workdir = Path(tmp)
         config = F5TTSConfig.from_preset(bench.preset, text_num_embeds=VOCAB_SIZE)
-        write_random_checkpoint(config, workdir / "model_ema.safetensors", SAMPLING["seed"])
+        write_random_checkpoint(config, workdir / "model_ema.safetensors", sampling["seed"])
         write_vocab(workdir / "vocab.txt")
         converted = convert_f5_checkpoint(
             workdir / "model_ema.safetensors", bench.preset, workdir / "vocab.txt", workdir / "converted"
@@ -245,19 +249,21 @@ def main() -> None:
         wave = reference_wave(bench.reference_seconds)
         ref_mel = model.mel_spec(wave).transpose(1, 2).contiguous()  # (1, frames, n_mels), upstream's mel
         ref_frames = wave.shape[-1] // HOP_LENGTH  # upstream's ref_audio_len
-        ref_text = prompt_text(normalize_reference_text(REFERENCE_TEXT))
-        single_duration = estimate_duration(ref_frames, ref_text, bench.single_text)
+        ref_text = prompt_text(normalize_reference_text(bench.reference_text))
         chunks = chunk_text(bench.paragraph, max_bytes=1)  # one sentence per chunk
-        chunk_durations = [estimate_duration(ref_frames, ref_text, chunk) for chunk in chunks]
         single_ids = tokenizer.encode_batch(ref_text + bench.single_text).ids
         chunk_ids = tokenizer.encode_batch([ref_text + chunk for chunk in chunks]).ids
+        # upstream's duration formula, raised as `sample()` raises it to the prompt or text length + 1
+        shortest = [max(ref_mel.shape[1], int((ids != -1).sum())) + 1 for ids in (*single_ids, *chunk_ids)]
+        estimates = [estimate_duration(ref_frames, ref_text, t) for t in (bench.single_text, *chunks)]
+        single_duration, *chunk_durations = [max(a, b) for a, b in zip(estimates, shortest)]
 
         inputs = {"ref_mel": ref_mel, "single_text": single_ids}
         inputs.update({f"chunk_text_{i}": ids[ids != -1][None] for i, ids in enumerate(chunk_ids)})
         save_file(inputs, str(workdir / "inputs.safetensors"))
         request = {
             "arch": upstream_arch(config),
-            "settings": SAMPLING,
+            "settings": sampling,
             "single_duration": single_duration,
             "chunk_durations": chunk_durations,
             "num_threads": torch.get_num_threads(),
@@ -265,9 +271,9 @@ def main() -> None:
         (workdir / "request.json").write_text(json.dumps(request))
 
         mel_dim = config.mel_dim
-        options = {k: SAMPLING[k] for k in ("steps", "cfg_strength", "sway_sampling_coef")}
-        single_noise = seeded_noise([single_duration], mel_dim, SAMPLING["seed"])
-        batch_noise = seeded_noise(chunk_durations, mel_dim, SAMPLING["seed"])
+        options = {k: sampling[k] for k in ("steps", "cfg_strength", "sway_sampling_coef")}
+        single_noise = seeded_noise([single_duration], mel_dim, sampling["seed"])
+        batch_noise = seeded_noise(chunk_durations, mel_dim, sampling["seed"])
         batch_cond = ref_mel.expand(len(chunks), -1, -1)
 
         def ours_single() -> torch.Tensor:
@@ -281,8 +287,8 @@ def main() -> None:
         print(f"machine: {machine_description()}")
         print(
             f"model: {bench.preset} layout, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
-            f"random weights; {SAMPLING['steps']} NFE, CFG {SAMPLING['cfg_strength']}, sway "
-            f"{SAMPLING['sway_sampling_coef']}, fp32"
+            f"random weights; {sampling['steps']} NFE, CFG {sampling['cfg_strength']}, sway "
+            f"{sampling['sway_sampling_coef']}, fp32"
         )
         print(f"single utterance: {single_duration} frames ({generated_single:.2f} s generated after the prompt)")
         print(

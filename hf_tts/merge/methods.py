@@ -26,9 +26,13 @@ def accumulator_dtype(*dtypes: torch.dtype) -> torch.dtype:
     return torch.float64 if torch.float64 in dtypes else torch.float32
 
 
-def linear(tensors: Sequence[torch.Tensor], weights: Sequence[float], normalize: bool) -> torch.Tensor:
-    """sum_i w_i x_i, divided by sum_i w_i when `normalize`."""
-    accumulator = tensors[0].to(accumulator_dtype(*(t.dtype for t in tensors)), copy=True).mul_(weights[0])
+def linear(
+    tensors: Sequence[torch.Tensor], weights: Sequence[float], normalize: bool, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """sum_i w_i x_i, divided by sum_i w_i when `normalize`; written into `out` (accumulator dtype) when given."""
+    if out is None:
+        out = torch.empty(tensors[0].shape, dtype=accumulator_dtype(*(t.dtype for t in tensors)))
+    accumulator = out.copy_(tensors[0]).mul_(weights[0])
     for tensor, weight in zip(tensors[1:], weights[1:]):
         accumulator.add_(tensor, alpha=weight)
     if normalize:

@@ -1,7 +1,8 @@
-"""Per-tensor streaming compute: for each key, map the sources' tensors, merge them, hand pages back.
+"""Per-tensor streaming compute: for each key, map the sources' tensors, merge them slice by slice, hand pages back.
 
-Peak memory is the merge method's few buffers for the largest tensor (fp32, or fp64 for fp64), whatever the number
-of sources; the input views are memory maps that are released as soon as their key is done.
+Peak memory is one slice-sized accumulator for elementwise methods (linear, task arithmetic, TIES without pruning)
+and the method's few buffers for the largest tensor otherwise (fp32, or fp64 for fp64), whatever the number of
+sources; the input views are memory maps that are released as soon as their key is done.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from hf_tts.errors import InputError
 from hf_tts.merge import methods
 from hf_tts.merge.plan import MergePlan, TensorTask
 
+# Elements per slice of an elementwise merge (256 KiB of fp32): every source's slice, the accumulator and the output
+# fit in the L2 cache together, so each input byte is fetched from memory once (see scripts/bench_merge.py).
+CHUNK_ELEMENTS = 1 << 15
 _NUMBERED_BLOCK = re.compile(r"^(.*?\.\d+)(?:\.|$)")
 
 
@@ -36,15 +40,14 @@ class DistanceStats:
     source_norms: dict[str, list[float]] = field(default_factory=dict)
     merged_norms: dict[str, float] = field(default_factory=dict)
 
-    def add(self, key: str, views: list[torch.Tensor], squared_norms: list[float], merged: torch.Tensor) -> None:
-        block = block_name(key)
-        dots = self.dots.setdefault(block, [0.0] * self.source_count)
-        norms = self.source_norms.setdefault(block, [0.0] * self.source_count)
-        flat = merged.reshape(-1)
-        for index, (view, squared_norm) in enumerate(zip(views, squared_norms)):
-            dots[index] += torch.dot(view.reshape(-1).to(merged.dtype), flat).item()
-            norms[index] += squared_norm
-        self.merged_norms[block] = self.merged_norms.get(block, 0.0) + torch.dot(flat, flat).item()
+    def add(self, block: str, dots: list[float], squared_norms: list[float], merged_squared_norm: float) -> None:
+        """Add one chunk's dot products (source . merge), sources' squared norms and the merge's squared norm."""
+        block_dots = self.dots.setdefault(block, [0.0] * self.source_count)
+        block_norms = self.source_norms.setdefault(block, [0.0] * self.source_count)
+        for index in range(self.source_count):
+            block_dots[index] += dots[index]
+            block_norms[index] += squared_norms[index]
+        self.merged_norms[block] = self.merged_norms.get(block, 0.0) + merged_squared_norm
 
     def distances(self) -> dict[str, list[float]]:
         """block -> cosine distance (1 - cos) of each source from the merged weights, in the model's key order."""
@@ -59,11 +62,20 @@ class DistanceStats:
         return result
 
 
-def _merge_one(plan: MergePlan, task: TensorTask, views: list[torch.Tensor], base: torch.Tensor | None):
+def _is_elementwise(plan: MergePlan) -> bool:
+    """Whether each output element depends only on the same element of the inputs, so a tensor can be merged in
+    chunks. SLERP needs the whole tensor's angle, magnitude pruning the whole tensor's ranking."""
+    recipe = plan.recipe
+    return recipe.method in ("linear", "task_arithmetic") or (recipe.method == "ties" and recipe.density >= 1.0)
+
+
+def _merge(plan: MergePlan, task: TensorTask, views: list[torch.Tensor], base: torch.Tensor | None, out: torch.Tensor):
+    """The merged values of `views` (whole tensors or matching chunks), in the accumulator dtype; linear merges
+    write into `out`."""
     recipe = plan.recipe
     weights = list(task.weights)
     if recipe.method == "linear":
-        return methods.linear(views, weights, recipe.normalize)
+        return methods.linear(views, weights, recipe.normalize, out=out)
     if recipe.method == "slerp":
         return methods.slerp(views[0], views[1], weights[1] / math.fsum(weights))
     if recipe.method == "task_arithmetic":
@@ -71,34 +83,70 @@ def _merge_one(plan: MergePlan, task: TensorTask, views: list[torch.Tensor], bas
     return methods.ties(base, views, weights, recipe.density, recipe.normalize, recipe.scale)
 
 
-def merged_tensors(
+def _chunk_statistics(
+    labelled_chunks: list[tuple[str, torch.Tensor]], merged: torch.Tensor, key: str, source_count: int
+) -> tuple[list[float], list[float], float]:
+    """(source . merge, |input|^2, |merge|^2) of one chunk, read while it is still in the cache.
+
+    The squared norms double as the NaN/Inf check: a NaN or Inf entry makes the norm non-finite (whatever the merge
+    weights, a zero weight included), and only then, or when finite values overflow it, is the exact check run.
+    """
+    dots, squared_norms = [], []
+    for index, (label, chunk) in enumerate(labelled_chunks):
+        chunk = chunk if chunk.dtype == merged.dtype else chunk.to(merged.dtype)
+        squared_norms.append(torch.dot(chunk, chunk).item())
+        if not math.isfinite(squared_norms[-1]) and not torch.isfinite(chunk).all():
+            raise InputError(f"{label}: tensor {key!r} contains NaN or Inf; fix or drop that checkpoint")
+        if index < source_count:
+            dots.append(torch.dot(chunk, merged).item())
+    return dots, squared_norms, torch.dot(merged, merged).item()
+
+
+def merged_chunks(
     plan: MergePlan, keys: Iterable[str], stats: DistanceStats
 ) -> Iterator[tuple[TensorTask, torch.Tensor]]:
-    """Yield (task, merged tensor in the output dtype) for `keys`, in that order."""
+    """Yield (task, next piece of its merged tensor in the output dtype, flattened) for `keys`, in that order.
+
+    Elementwise methods run on `CHUNK_ELEMENTS`-sized slices: each slice of every source is read from the memory map
+    once, and the accumulation, the NaN/Inf check, the distance statistics and the cast to the output dtype all use
+    it while it is in the cache. A yielded piece is only valid until the next one is requested.
+    """
     tasks = {task.key: task for task in plan.tasks}
     labelled = [(f"source {index + 1} ({source.spec})", source) for index, source in enumerate(plan.sources)]
     if plan.base is not None:
         labelled.append((f"base ({plan.base.spec})", plan.base))
+    source_count = len(plan.sources)
+    elementwise = _is_elementwise(plan)
+    buffers: dict[torch.dtype, torch.Tensor] = {}
     for key in keys:
         task = tasks[key]
-        views = [source.reader.tensor(key) for _, source in labelled]
+        flats = [source.reader.tensor(key).reshape(-1) for _, source in labelled]
         if not task.merged:
-            output = views[0].clone()  # every source agrees (checked by the plan)
+            yield task, flats[0]  # every source agrees (checked by the plan)
         else:
-            squared_norms = []
-            for (label, _), view in zip(labelled, views):
-                flat = view.reshape(-1)
-                squared_norms.append(torch.dot(flat, flat).item())
-                # The squared norm (needed for the distance plot anyway) is NaN/Inf whenever an entry is; only when
-                # it overflows is the exact (much slower) isfinite check needed.
-                if not math.isfinite(squared_norms[-1]) and not torch.isfinite(view).all():
-                    raise InputError(f"{label}: tensor {key!r} contains NaN or Inf; fix or drop that checkpoint")
-            source_views = views[: len(plan.sources)]
-            base = views[-1] if plan.base is not None else None
-            merged = _merge_one(plan, task, source_views, base)
-            stats.add(key, source_views, squared_norms[: len(plan.sources)], merged)
-            output = merged.to(task.out_dtype)
-        del views
-        yield task, output
+            dtype = methods.accumulator_dtype(*(flat.dtype for flat in flats))
+            numel = flats[0].numel()
+            whole = None
+            if not elementwise:
+                sources = [flat.view(task.info.shape) for flat in flats[:source_count]]
+                base = flats[-1].view(task.info.shape) if plan.base is not None else None
+                whole = _merge(plan, task, sources, base, None).reshape(-1)
+            buffer = buffers.setdefault(dtype, torch.empty(CHUNK_ELEMENTS, dtype=dtype))
+            block = block_name(key)
+            for start in range(0, numel, CHUNK_ELEMENTS):
+                stop = min(start + CHUNK_ELEMENTS, numel)
+                chunks = [flat[start:stop] for flat in flats]
+                if whole is None:
+                    base = chunks[-1] if plan.base is not None else None
+                    merged = _merge(plan, task, chunks[:source_count], base, buffer[: stop - start])
+                else:
+                    merged = whole[start:stop]
+                stats.add(
+                    block,
+                    *_chunk_statistics(list(zip((label for label, _ in labelled), chunks)), merged, key, source_count),
+                )
+                yield task, merged.to(task.out_dtype)
+            del whole
+        del flats
         for _, source in labelled:
             source.reader.release(key)

@@ -26,7 +26,7 @@ from hf_tts.merge.sources import (
     MappedSafetensors,
     TensorInfo,
 )
-from hf_tts.merge.stream import DistanceStats, merged_tensors
+from hf_tts.merge.stream import DistanceStats, merged_chunks
 
 RECIPE_NAME = "merge_recipe.yaml"
 PLOT_NAME = "merge_distance.png"
@@ -83,11 +83,11 @@ def write_weight_shards(plan: MergePlan, folder: Path, stats: DistanceStats, sha
         with open(path, "wb") as handle:
             handle.write(struct.pack("<Q", len(header_bytes)))
             handle.write(header_bytes)
-            for task, tensor in merged_tensors(plan, ordered, stats):
-                if tensor.numel():
-                    handle.write(tensor.contiguous().reshape(-1).view(torch.uint8).numpy())
+            for task, chunk in merged_chunks(plan, ordered, stats):
+                if chunk.numel():
+                    handle.write(chunk.view(torch.uint8).numpy())
                 weight_map[task.key] = name
-                del tensor
+                del chunk
         _trim_heap()
         paths.append(path)
     if len(paths) > 1:
