@@ -34,6 +34,10 @@ def atomic_output_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> It
         raise InputError(f"output path {target} exists and is not a folder")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    # mkdtemp makes the folder private (0o700); the finished folder gets the permissions mkdir would give it.
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)
     try:
         yield staging
         if target.exists():
@@ -66,9 +70,12 @@ def load_torch_checkpoint(path: str | os.PathLike, *, mmap: bool = False, trust_
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_pickle, mmap=mmap)
     except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "unsupported object"
+        # torch names the class it refused ("Unsupported global: GLOBAL pkg.Class"); anything else is a damaged file.
+        refused = [line.strip() for line in str(error).splitlines() if "Unsupported global" in line]
+        if not refused:
+            raise InputError(f"{path} is not a readable PyTorch checkpoint (its pickle data is damaged)") from error
         raise InputError(
-            f"{path} contains objects that need full unpickling ({first_line}); it was not loaded because "
+            f"{path} contains objects that need full unpickling ({refused[0]}); it was not loaded because "
             "unpickling can run arbitrary code. Re-save it as safetensors, or pass --trust-pickle "
             "(trust_pickle=True) if you trust its source"
         ) from error

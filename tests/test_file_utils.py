@@ -1,0 +1,92 @@
+"""Atomic output folders, safe checkpoint loading and hashing (hf_tts.file_utils)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+
+import pytest
+import torch
+
+from hf_tts.errors import InputError
+from hf_tts.file_utils import atomic_output_dir, load_torch_checkpoint, sha256_file
+
+
+def _entries(folder):
+    return sorted(path.name for path in folder.iterdir())
+
+
+def test_folder_appears_only_when_the_block_succeeds(tmp_path):
+    target = tmp_path / "out"
+    with atomic_output_dir(target) as staging:
+        (staging / "weights.bin").write_bytes(b"123")
+        assert not target.exists()
+    assert (target / "weights.bin").read_bytes() == b"123"
+    assert _entries(tmp_path) == ["out"]  # no staging folder left behind
+
+
+def test_error_and_interrupt_leave_nothing(tmp_path):
+    for error in (RuntimeError("boom"), KeyboardInterrupt()):
+        with pytest.raises(type(error)), atomic_output_dir(tmp_path / "out") as staging:
+            (staging / "partial").write_text("half")
+            raise error
+    assert _entries(tmp_path) == []
+
+
+def test_existing_output_needs_overwrite_and_is_replaced_whole(tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(InputError, match="already exists.*--overwrite"), atomic_output_dir(target):
+        pass
+    assert (target / "old.txt").exists()
+    with atomic_output_dir(target, overwrite=True) as staging:
+        (staging / "new.txt").write_text("new")
+    assert _entries(target) == ["new.txt"]
+    assert _entries(tmp_path) == ["out"]
+
+
+def test_failed_overwrite_keeps_the_previous_folder(tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(ValueError), atomic_output_dir(target, overwrite=True):
+        raise ValueError("conversion failed")
+    assert _entries(target) == ["old.txt"]
+
+
+def test_output_folder_gets_the_usual_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        with atomic_output_dir(tmp_path / "out"):
+            pass
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
+
+
+class _Payload:
+    """A class a weights-only load must refuse to rebuild."""
+
+
+def test_checkpoints_load_without_unpickling_arbitrary_objects(tmp_path):
+    safe = tmp_path / "safe.pt"
+    torch.save({"weight": torch.ones(2), "step": 3}, safe)
+    assert load_torch_checkpoint(safe)["step"] == 3
+
+    unsafe = tmp_path / "unsafe.pt"
+    torch.save({"obj": _Payload()}, unsafe)
+    with pytest.raises(InputError, match="full unpickling.*--trust-pickle"):
+        load_torch_checkpoint(unsafe)
+    with pytest.raises(InputError, match="does not exist"):
+        load_torch_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="not a readable PyTorch checkpoint"):
+        load_torch_checkpoint(tmp_path / "garbage.pt")
+
+
+def test_sha256_matches_hashlib(tmp_path):
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    (tmp_path / "blob").write_bytes(data)
+    assert sha256_file(tmp_path / "blob", chunk_size=1 << 20) == hashlib.sha256(data).hexdigest()
