@@ -17,6 +17,8 @@ import math
 import numpy as np
 import torch
 
+from hf_tts.errors import InputError
+
 
 def cosine_betas(num_steps: int, max_beta: float = 0.999) -> np.ndarray:
     def alpha_bar(t: float) -> float:
@@ -45,7 +47,7 @@ def ddim_timesteps(num_train_steps: int, num_inference_steps: int) -> list[int]:
         if len(kept) == num_inference_steps:
             return list(kept)
     valid = sorted({len(range(0, num_train_steps, k)) for k in range(1, num_train_steps)}, reverse=True)[:12]
-    raise ValueError(
+    raise InputError(
         f"num_inference_steps={num_inference_steps} cannot be reached with an integer stride over "
         f"{num_train_steps} diffusion steps; valid values include {valid}"
     )

@@ -2,6 +2,7 @@
 
 - `atomic_output_dir`: build an output folder under a temporary name next to the target and rename it into place
   only when everything succeeded, so an error or Ctrl-C never leaves a half-written folder.
+- `atomic_write_file`: the same for a single file (a WAV, a PNG, an .npy).
 - `load_torch_checkpoint`: `torch.load` that never unpickles arbitrary objects.
 - `sha256_file`: provenance hashes for model cards.
 """
@@ -13,9 +14,9 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from hf_tts.errors import InputError
 
@@ -35,9 +36,7 @@ def atomic_output_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> It
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     # mkdtemp makes the folder private (0o700); the finished folder gets the permissions mkdir would give it.
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)
+    staging.chmod(0o777 & ~_current_umask())
     try:
         yield staging
         if target.exists():
@@ -52,6 +51,35 @@ def atomic_output_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> It
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def atomic_write_file(target: str | os.PathLike, write: Callable[[BinaryIO], None], *, overwrite: bool = True) -> Path:
+    """Call `write(stream)` on a temporary file next to `target`, then rename it into place; returns the path.
+
+    On any exception the temporary file is removed and `target` is untouched. The file gets the permissions an
+    ordinary new file gets (mkstemp makes it 0600). Writing through a stream keeps libraries such as numpy from
+    appending their own suffix to the temporary name. An existing `target` is an InputError unless `overwrite`.
+    """
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise InputError(f"{target} already exists; choose another path or pass --overwrite")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, staging = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+        os.chmod(staging, 0o666 & ~_current_umask())
+        os.replace(staging, target)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
+    return target
 
 
 def load_torch_checkpoint(path: str | os.PathLike, *, mmap: bool = False, trust_pickle: bool = False) -> Any:

@@ -28,7 +28,9 @@ class ZeroShotTextToSpeechPipeline(Pipeline):
     _load_tokenizer = False
     _load_feature_extractor = False
     _load_image_processor = False
-    _load_processor = False
+    # Optional: when the folder / repo has a processor_config.json, transformers loads it with the caller's hub
+    # arguments (token, revision); otherwise the model builds one from its tokenizer.
+    _load_processor = None
     _pipeline_calls_generate = False
 
     def __init__(self, *args, **kwargs):

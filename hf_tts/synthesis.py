@@ -15,6 +15,7 @@ import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -226,6 +227,15 @@ def load_speech_model(
     return model.eval()
 
 
+def _vocoder_weights(vocoder_source: str | os.PathLike) -> Path | dict[str, str]:
+    """The vocoder's weights file for the card's provenance (hashed there), or its repo id."""
+    folder = Path(vocoder_source)
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / name).is_file():
+            return folder / name
+    return {"name": f"vocoder {vocoder_source}"}
+
+
 def attach_vocoder_to_folder(
     model_dir: str | os.PathLike, vocoder_source: str | os.PathLike, out_dir: str | os.PathLike | None = None
 ) -> str:
@@ -233,6 +243,7 @@ def attach_vocoder_to_folder(
     plus its processor, so the folder alone gives speech. Returns the folder written."""
     from hf_tts.convert.vocos import load_vocos
     from hf_tts.file_utils import atomic_output_dir
+    from hf_tts.hub.cards import kind_for_config, write_model_card
 
     vocoder = load_vocos(vocoder_source)
     model = load_speech_model(model_dir, dtype="auto")
@@ -240,10 +251,17 @@ def attach_vocoder_to_folder(
     processor = load_processor(model_dir, model.config)
     target = out_dir if out_dir is not None else model_dir
     with atomic_output_dir(target, overwrite=out_dir is None) as staging:
-        # the folder's other files (tokenizer, model card) come along; weights and config are rewritten
+        # the folder's other files (tokenizer, ...) come along; weights, config and the card are rewritten
         shutil.copytree(model_dir, staging, dirs_exist_ok=True)
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
+        write_model_card(
+            staging,
+            kind=kind_for_config(model.config),
+            config=model.config,
+            sources=[_vocoder_weights(vocoder_source)],
+            model_id=f"./{Path(target).absolute().name}",
+        )
     return str(target)
 
 

@@ -23,7 +23,9 @@ from hf_tts.hub.cards import (
 from hf_tts.models.f5.modeling_f5 import F5TTSModel
 from hf_tts.models.vocos.configuration_vocos import VocosConfig
 from hf_tts.models.vocos.modeling_vocos import VocosModel
-from tests.merge_utils import tiny_f5_config
+from hf_tts.processing import F5FeatureExtractor, F5Processor
+from hf_tts.tokenization_f5 import F5Tokenizer
+from tests.merge_utils import VOCAB, tiny_f5_config
 
 
 def test_every_writer_kind_has_a_template():
@@ -124,17 +126,23 @@ def test_retarget_points_the_snippet_at_the_repo():
     assert retarget_model_card("# hand-written", "org/voice") == "# hand-written"
 
 
-@pytest.mark.parametrize("kind", ["f5", "vocos"])
+@pytest.mark.parametrize("kind", ["f5", "f5+vocoder", "vocos"])
 def test_usage_snippet_of_a_written_card_runs(tmp_path, kind):
     """The snippet is run as written, in a fresh interpreter, from the folder's parent directory."""
     torch.manual_seed(0)
-    if kind == "f5":
-        model = F5TTSModel(tiny_f5_config())
+    if kind.startswith("f5"):
+        model = F5TTSModel(tiny_f5_config(mel_dim=100))  # Vocos' mel
     else:
         model = VocosModel(VocosConfig(num_layers=1, dim=16, intermediate_dim=24))
-    folder = tmp_path / f"tiny-{kind}"
+    folder = tmp_path / f"tiny-{kind.replace('+', '-')}"
+    if kind == "f5+vocoder":  # a folder that speaks: vocoder, tokenizer and processor saved with the model
+        model.attach_vocoder(VocosModel(VocosConfig(num_layers=1, dim=16, intermediate_dim=24)))
+        char_vocab = tmp_path / "vocab.txt"
+        char_vocab.write_text("\n".join(VOCAB) + "\n")
+        tokenizer = F5Tokenizer(str(char_vocab), tokenizer_type="char")
+        F5Processor(F5FeatureExtractor(sampling_rate=24000, hop_length=256), tokenizer).save_pretrained(folder)
     model.save_pretrained(folder)
-    snippet = usage_snippet(write_model_card(folder, kind=kind).read_text())
+    snippet = usage_snippet(write_model_card(folder, kind=kind.split("+")[0]).read_text())
     result = subprocess.run(
         [sys.executable, "-c", snippet],
         cwd=tmp_path,
@@ -146,7 +154,8 @@ def test_usage_snippet_of_a_written_card_runs(tmp_path, kind):
     assert result.returncode == 0, result.stderr[-2000:]
     parameters = sum(parameter.numel() for parameter in model.parameters())
     assert f"{type(model).__name__} {parameters} parameters" in result.stdout
-    assert (f"mel (1, 48, {model.config.mel_dim})" if kind == "f5" else "waveform (1, ") in result.stdout
+    expected = {"f5": "mel (1, 48, 100)", "f5+vocoder": "speech (", "vocos": "waveform (1, "}
+    assert expected[kind] in result.stdout
 
 
 def test_converted_f5_folder_has_a_card_with_source_hashes(tmp_path):

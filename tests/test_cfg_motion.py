@@ -351,13 +351,23 @@ def test_bad_input_raises_specific_errors():
     with pytest.raises(InputError, match="batch sizes differ"):
         model.denoiser(x, timesteps, cond[:1], keyframes)
     with pytest.raises(InputError, match=r"mask must be \(batch, frames\) = \(2, 12\)"):
-        model.denoiser(x, timesteps, cond, keyframes, mask=torch.ones(2, 1, 1, 12, dtype=torch.bool))
+        model.denoiser(x, timesteps, cond, keyframes, mask=torch.ones(2, 11, dtype=torch.bool))
+    with pytest.raises(InputError, match=r"mask must be \(batch, frames\) = \(2, 12\)"):
+        model.generate(cond, 12, mask=torch.ones(2, 1, 12, 1, dtype=torch.bool), num_inference_steps=2)
+    with pytest.raises(InputError, match=r"timesteps must be diffusion steps in \[0, 1000\), got \[10, 1000\]"):
+        model.denoiser(x, torch.tensor([10, 1000]), cond, keyframes)
     with pytest.raises(InputError, match=r"keyframes must be .* = \(2, 3, 6\)"):
         model.denoiser(x, timesteps, cond, keyframes[:, :2])
     with pytest.raises(InputError, match="84 frames need more than max_keyframes=20"):
         model.denoiser(torch.randn(2, 84, 6), timesteps, cond)
     with pytest.raises(InputError, match="guidance_scale must be >= 0"):
         model.generate(cond, 12, guidance_scale=-0.5, num_inference_steps=2)
+    with pytest.raises(InputError, match="guidance_scale must be finite, got \\[nan, nan\\]"):
+        model.generate(cond, 12, guidance_scale=float("nan"), num_inference_steps=2)
+    with pytest.raises(InputError, match="num_inference_steps must be >= 1, got 0"):
+        model.generate(cond, 12, num_inference_steps=0)
+    with pytest.raises(InputError, match="num_inference_steps=600 cannot be reached with an integer stride"):
+        model.generate(cond, 12, num_inference_steps=600)
     with pytest.raises(InputError, match="guidance_scale has 3 values for a batch of 2"):
         model.generate(cond, 12, guidance_scale=[1.0, 2.0, 3.0], num_inference_steps=2)
     with pytest.raises(InputError, match=r"latents must have shape \(2, 12, 6\)"):
@@ -366,3 +376,19 @@ def test_bad_input_raises_specific_errors():
         model.generate(audio=torch.randn(1, 16000), num_inference_steps=2)
     with pytest.raises(InputError, match=r"motion must be \(batch, frames, 6\)"):
         model(torch.randn(2, 12, 5), cond)
+
+
+def test_upstream_mask_layout_and_shared_timestep_are_accepted():
+    # Upstream's (B, 1, 1, T) mask and one timestep for the whole batch give the same x0 as (B, T) and (B,).
+    model = tiny_model("body", keyframe_stride=4)
+    x, _, cond, keyframes = inputs(model)
+    mask = torch.ones(2, 12, dtype=torch.bool)
+    mask[1, 7:] = False
+    keyframes[1, 2] = float("nan")  # a keyframe in padding is unknown: zeroed, never read
+    with torch.no_grad():
+        expected = model.denoiser(x, torch.tensor([300, 300]), cond, keyframes, mask=mask)
+        upstream_layout = model.denoiser(x, 300, cond, keyframes, mask=mask[:, None, None, :])
+    assert torch.isfinite(expected).all()
+    torch.testing.assert_close(upstream_layout, expected, atol=0, rtol=0)
+    loss = model(torch.randn(2, 12, 6), cond, mask=mask[:, None, None, :], timesteps=torch.tensor([1, 2])).loss
+    assert torch.isfinite(loss)

@@ -85,6 +85,7 @@ def test_encoder_keys_dropped_and_rotary_folded(tmp_path):
     source = upstream_fixture("a2p_face_tiny")
     state_dict = torch.load(source / "model000000001.pt", weights_only=True)
     state_dict["audio_model.feature_extractor.conv_layers.0.0.weight"] = torch.zeros(2, 1, 10)
+    state_dict["audio_resampler.kernel"] = torch.zeros(1, 1, 3, 37)  # torchaudio Resample's persistent buffer
     state_dict["lip_model.project_output.weight"] = torch.zeros(3, 2)
     folder = tmp_path / "c1_face"
     folder.mkdir()
@@ -93,6 +94,7 @@ def test_encoder_keys_dropped_and_rotary_folded(tmp_path):
     checkpoint = read_a2p_checkpoint(folder)
     assert sorted(checkpoint.dropped_keys) == [
         "audio_model.feature_extractor.conv_layers.0.0.weight",
+        "audio_resampler.kernel",
         "lip_model.project_output.weight",
     ]
     assert sorted(checkpoint.folded_rotary_keys) == [
@@ -119,3 +121,67 @@ def test_cli_bad_source(tmp_path, capsys):
     assert main(["convert", "a2p", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
     assert "has no args.json" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def _upstream_folder(tmp_path, name: str, args_update: dict, drop_args: tuple[str, ...] = ()):
+    """A copy of a fixture in the layout real upstream runs leave: the frozen encoders' keys in the state dict and
+    args.json as `json.dump(vars(args))` of upstream's parser (ignored `latent_dim` / `diffusion_steps` defaults)."""
+    source = upstream_fixture(name)
+    state_dict = torch.load(source / "model000000001.pt", weights_only=True)
+    state_dict["audio_model.feature_extractor.conv_layers.0.0.weight"] = torch.zeros(2, 1, 10)
+    state_dict["audio_resampler.kernel"] = torch.zeros(1, 1, 3, 37)
+    args = json.loads((source / "args.json").read_text())
+    for key in ("latent_dim", "ff_size", "nfeats", "cond_feature_dim", "predict", "sampling", *drop_args):
+        args.pop(key, None)
+    args.update(latent_dim=512, diffusion_steps=10, timestep_respacing="ddim100", max_seq_length=600)
+    args.update(num_audio_layers=3, cond_mask_prob=0.2, lambda_vel=0.0, dataset="social", data_root="./dataset/PXB184/")
+    args.update(args_update)
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "args.json").write_text(json.dumps(args))
+    torch.save(state_dict, folder / "model000340000.pt")
+    return folder, load_file(source / "cases.safetensors")
+
+
+@pytest.mark.parametrize("name", FIXTURES)
+def test_real_upstream_layout_converts_with_sizes_from_weights(tmp_path, capsys, name):
+    # Denoiser (cond_drop_prob 0) of the converted real-layout folder vs upstream's output; args.json's
+    # latent_dim=512 and diffusion_steps=10 are ignored as upstream ignores them, lambda_vel is read.
+    folder, cases = _upstream_folder(tmp_path, name, {"lambda_vel": 2.0})
+    out = tmp_path / "out"
+    assert main(["convert", "a2p", str(folder), "--out", str(out)]) == 0
+    assert "audio_resampler" in capsys.readouterr().out
+    model = AutoModel.from_pretrained(out, dtype=torch.float32)
+    config = model.config
+    assert (config.latent_dim, config.diffusion_steps, config.lambda_vel, config.cond_drop_prob) == (64, 1000, 2.0, 0.2)
+    x, timesteps, cond, keyframes, mask = _inputs(cases)
+    with torch.no_grad():
+        out_cond = model.denoiser(x, timesteps, cond, keyframes=keyframes, mask=mask)
+    torch.testing.assert_close(out_cond, cases["out_cond"], atol=1e-5, rtol=0)
+
+
+def test_args_json_flags_follow_upstream_parsing(tmp_path):
+    # Missing keys take upstream's parser defaults / the weights' evidence; cond_mask_prob 0 means no guidance.
+    folder, _ = _upstream_folder(tmp_path, "a2p_face_tiny", {"cond_mask_prob": 0.0}, drop_args=("data_format", "heads"))
+    config = read_a2p_checkpoint(folder).config
+    assert (config.architecture, config.heads) == ("face", 4)
+    assert (config.cond_drop_prob, config.guidance_scale) == (0.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    "args_update, message",
+    [
+        ({"unconstrained": True}, "unconstrained"),
+        ({"cond_mode": "no_cond", "unconstrained": None}, "unconstrained"),
+        ({"data_format": "face"}, "data_format='face' but the weights have the body keyframe branch"),
+        ({"noise_schedule": "sqrt"}, "noise_schedule must be 'cosine' or 'linear'"),
+        ({"not_rotary": True}, "not_rotary"),
+    ],
+)
+def test_unsupported_args_json_variants_exit_2(tmp_path, capsys, args_update, message):
+    folder, _ = _upstream_folder(tmp_path, "a2p_pose_tiny", args_update)
+    out = tmp_path / "out"
+    assert main(["convert", "a2p", str(folder), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["a2p_pose_tiny"]

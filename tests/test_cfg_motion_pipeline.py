@@ -106,3 +106,39 @@ def test_animate_cli_from_features(features_model_dir, tmp_path, capsys):
     args = ["animate", str(features_model_dir), "--features", str(features), "--num-frames", "9", "--out", str(out)]
     assert main(args) == 0
     assert np.load(out).shape == (9, 6)
+
+
+def test_animate_writes_exactly_the_named_file(features_model_dir, tmp_path):
+    # An --out without the .npy suffix still gets the motion array (numpy would append ".npy" to a bare path),
+    # as an ordinary (not 0600) file, and nothing else is left in the folder.
+    features = tmp_path / "features.npy"
+    np.save(features, np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32))
+    out = tmp_path / "motion"
+    args = ["animate", str(features_model_dir), "--features", str(features), "--num-frames", "9", "--out", str(out)]
+    assert main(args) == 0
+    assert np.load(out).shape == (9, 6)
+    assert out.stat().st_mode & 0o044
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["features.npy", "motion"]
+
+
+@pytest.mark.parametrize(
+    "model, width, options, message",
+    [
+        (None, 8, ["--steps", "600"], "num_inference_steps=600 cannot be reached"),
+        (None, 8, ["--steps", "0"], "--steps must be >= 1, got 0"),
+        (None, 8, ["--guidance-scale", "-1"], "--guidance-scale must be >= 0"),
+        (None, 8, ["--num-frames", "0"], "--num-frames must be >= 1"),
+        (None, 9, [], "must be (length, 8) for this model, got shape (40, 9)"),
+        ("missing/model/folder", 8, [], "model folder missing/model/folder does not exist"),
+    ],
+)
+def test_animate_bad_input_exits_2_with_one_line(features_model_dir, tmp_path, capsys, model, width, options, message):
+    features = tmp_path / "features.npy"
+    np.save(features, np.zeros((40, width), dtype=np.float32))
+    out = tmp_path / "motion.npy"
+    args = ["animate", model or str(features_model_dir), "--features", str(features), "--out", str(out)]
+    args += options if "--num-frames" in options else ["--num-frames", "9", *options]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["features.npy"]

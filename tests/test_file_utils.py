@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hf_tts.errors import InputError
-from hf_tts.file_utils import atomic_output_dir, load_torch_checkpoint, sha256_file
+from hf_tts.file_utils import atomic_output_dir, atomic_write_file, load_torch_checkpoint, sha256_file
 
 
 def _entries(folder):
@@ -90,3 +90,28 @@ def test_sha256_matches_hashlib(tmp_path):
     data = os.urandom(3 * 1024 * 1024 + 17)
     (tmp_path / "blob").write_bytes(data)
     assert sha256_file(tmp_path / "blob", chunk_size=1 << 20) == hashlib.sha256(data).hexdigest()
+
+
+def test_single_files_are_written_whole_or_not_at_all(tmp_path):
+    import numpy as np
+
+    target = tmp_path / "motion"  # no .npy suffix: numpy must not add one to a temporary name
+    atomic_write_file(target, lambda stream: np.save(stream, np.arange(3)))
+    assert np.load(target).tolist() == [0, 1, 2]
+    assert _entries(tmp_path) == ["motion"]
+    with pytest.raises(RuntimeError):
+
+        def fail(stream):
+            stream.write(b"partial")
+            raise RuntimeError("disk full")
+
+        atomic_write_file(target, fail)
+    assert np.load(target).tolist() == [0, 1, 2] and _entries(tmp_path) == ["motion"]
+    with pytest.raises(InputError, match="already exists"):
+        atomic_write_file(target, lambda stream: None, overwrite=False)
+    umask = os.umask(0o022)
+    try:
+        atomic_write_file(tmp_path / "speech.wav", lambda stream: stream.write(b"RIFF"))
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "speech.wav").stat().st_mode) == 0o644

@@ -5,12 +5,15 @@ one-line errors with exit code 2 for bad input."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub import HfApi
 from transformers import AutoModel
 
 from hf_tts.cli import main
+from hf_tts.file_utils import sha256_file
 from hf_tts.training.finetune import TRAINING_LOG_NAME
 from tests.training_utils import VOCAB, make_model_folder, write_metadata_folder
 
@@ -42,6 +45,8 @@ def test_finetune_writes_model_card_log_and_checkpoints(inputs, capsys):
     card = (out / "README.md").read_text()
     assert f"| `data` | `{data}` |" in card and "| `steps` | `4` |" in card
     assert f"| `final_loss` | `{round(losses[-1], 6)}` |" in card
+    # Provenance: the starting weights, hashed.
+    assert f"sha256 `{sha256_file(Path(base) / 'model.safetensors')}`" in card
     assert (out / "vocab.txt").read_text().splitlines() == VOCAB
     ema = AutoModel.from_pretrained(out, dtype=torch.float32)
     online = AutoModel.from_pretrained(out, dtype=torch.float32, variant="online")
@@ -145,3 +150,6 @@ def test_finetune_from_a_hub_repo_and_push_the_result(inputs, local_hub, capsys,
 
     card = ModelCard.load("org/tuned")
     assert card.data.base_model == "org/base" and "| `steps` | `2` |" in card.text
+    # Provenance: the repo at the commit it was loaded from, and the hash of its weights.
+    assert f"Source `org/base@{HfApi().model_info('org/base').sha}`" in card.text
+    assert f"sha256 `{sha256_file(Path(base) / 'model.safetensors')}`" in card.text

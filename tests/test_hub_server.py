@@ -7,6 +7,7 @@ import base64
 import hashlib
 import http.client
 import json
+import re
 import socket
 import threading
 import time
@@ -190,6 +191,31 @@ def test_an_upload_cut_off_midway_leaves_the_previous_revision(local_hub):
     assert _head(api, "org/cut") == before
     assert _snapshot(local_hub, "org/cut") == {"weights.bin": b"stable"}
     assert sorted(path.name for path in local_hub.store.blobs.rglob("*") if path.is_file()) == blobs_before
+
+
+def test_a_commit_refused_mid_body_does_not_leak_into_the_next_request(local_hub):
+    """A commit refused while its body is still arriving (bad base64 in a multi-MiB upload): the error answer comes
+    back, and the rest of the body is dropped, not read as the next request on the same keep-alive connection."""
+    HfApi().create_repo("org/keepalive")
+    bad = {"key": "file", "value": {"content": "!!!!" + "A" * 3_000_000, "path": "w.bin", "encoding": "base64"}}
+    payload = _ndjson({"key": "header", "value": {"summary": "bad"}}, bad)
+    host, port = local_hub.server_address[:2]
+    requests = (
+        "POST /api/models/org/keepalive/commit/main HTTP/1.1\r\n"
+        f"Host: {host}:{port}\r\nContent-Type: application/x-ndjson\r\nContent-Length: {len(payload)}\r\n\r\n"
+    ).encode() + payload
+    requests += f"GET /api/models/org/keepalive HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode()
+    with socket.create_connection((host, port), timeout=30) as client:
+        sender = threading.Thread(target=client.sendall, args=(requests,))
+        sender.start()
+        answers = b""
+        while piece := client.recv(1 << 16):
+            answers += piece
+        sender.join()
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", answers)
+    assert statuses == [b"400", b"200"], answers[:600]
+    assert b"not valid base64" in answers and b'"id": "org/keepalive"' in answers
+    assert _snapshot(local_hub, "org/keepalive") == {}
 
 
 def test_writes_need_the_token_when_one_is_set(local_hub):

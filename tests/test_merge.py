@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -337,3 +338,41 @@ def test_hf_tts_merge_is_callable_and_importable():
 
     assert callable(hf_tts.merge) and plan_module.build_plan is build_plan
     assert "merge" in hf_tts.__all__
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"method": "linear", "weights": [1.0, 2.0, 5.0]},
+        {"method": "task_arithmetic", "weights": [0.5, 1.5, 1.0], "scale": 0.8},
+        {"method": "ties", "weights": [1.0, 0.5, 2.0], "density": 1.0},
+        {"method": "ties", "weights": [1.0, 0.5, 2.0], "density": 0.6},
+    ],
+)
+def test_merging_in_slices_gives_the_same_bytes(folders, tmp_path, monkeypatch, kwargs):
+    """Tensors are merged in slices of CHUNK_ELEMENTS (the fixtures' tensors are smaller than the real slice size):
+    slices of 100 elements, tails included, must give byte-identical weights and the same distance plot data."""
+    import hf_tts.merge.stream as stream
+
+    base = {"base": folders[3]} if kwargs["method"] != "linear" else {}
+    whole, whole_report = hf_tts.merge(folders[:3], out_dir=tmp_path / "whole", **base, **kwargs)
+    monkeypatch.setattr(stream, "CHUNK_ELEMENTS", 100)
+    sliced, sliced_report = hf_tts.merge(folders[:3], out_dir=tmp_path / "sliced", **base, **kwargs)
+    assert (whole / "model.safetensors").read_bytes() == (sliced / "model.safetensors").read_bytes()
+    assert max(task.info.numel for task in sliced_report.plan.tasks) > 100
+    for block, row in whole_report.distances.items():
+        np.testing.assert_allclose(sliced_report.distances[block], row, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("weight", [1.0, 0.0])
+def test_nan_in_a_later_slice_refused_even_with_zero_weight(folders, tmp_path, monkeypatch, weight):
+    import hf_tts.merge.stream as stream
+
+    monkeypatch.setattr(stream, "CHUNK_ELEMENTS", 64)
+    broken = make_f5_folder(tmp_path / "broken", 1)
+    key = max(weights(broken).items(), key=lambda item: item[1].numel())[0]
+    rewrite_weights(broken, lambda state: state[key].view(-1).__setitem__(-1, float("inf")))
+    # A zero weight cannot hide it: the check reads every source's slice, not only the merged values.
+    with pytest.raises(InputError, match=rf"source 2 .*: tensor '{key}' contains NaN or Inf"):
+        hf_tts.merge([folders[0], broken], out_dir=tmp_path / "out", layer_weights=[f"^{re.escape(key)}$=1,{weight}"])
+    assert not (tmp_path / "out").exists()

@@ -171,3 +171,40 @@ def test_cli_merge_dry_run_and_errors(tmp_path, capsys):
     assert code == 0 and (tmp_path / "o" / "model.safetensors.index.json").exists()
     assert main(["merge", "--recipe", str(tmp_path / "o" / "merge_recipe.yaml"), "--out", str(tmp_path / "o")]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_upstream_f5_sources_are_memory_mapped(tmp_path, monkeypatch, caplog):
+    """Upstream files are never read whole: `.safetensors` through the merge's own mapped reader, zip-format `.pt`
+    with torch.load(mmap=True); a legacy-format `.pt` (which cannot be mapped) is read whole with a warning."""
+    import safetensors.torch
+
+    import hf_tts.merge.sources as sources
+
+    fixture = upstream_fixture("f5_v1_tiny")
+    options = {"arch": str(fixture / "arch.json"), "vocab": upstream_fixture("f5_vocab.txt")}
+    expected, _ = hf_tts.merge(
+        [fixture / "model_ema.safetensors", fixture / "model_train.pt"], out_dir=tmp_path / "a", **options
+    )
+    loads = []
+
+    def recording_load(path, *, mmap=False, trust_pickle=False):
+        loads.append((path.name, mmap))
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("an upstream safetensors source was read whole")
+
+    monkeypatch.setattr(safetensors.torch, "load_file", refuse)
+    monkeypatch.setattr(sources, "load_torch_checkpoint", recording_load)
+    legacy = tmp_path / "legacy.pt"
+    torch.save(torch.load(fixture / "model_train.pt", weights_only=True), legacy, _use_new_zipfile_serialization=False)
+    mapped, _ = hf_tts.merge(
+        [fixture / "model_ema.safetensors", fixture / "model_train.pt"], out_dir=tmp_path / "b", **options
+    )
+    with caplog.at_level("WARNING"):
+        legacy_merge, _ = hf_tts.merge([fixture / "model_ema.safetensors", legacy], out_dir=tmp_path / "c", **options)
+    assert loads == [("model_train.pt", True), ("legacy.pt", False)]
+    assert "legacy (pre-1.6) format" in caplog.text
+    reference = (expected / "model.safetensors").read_bytes()
+    assert (mapped / "model.safetensors").read_bytes() == reference
+    assert (legacy_merge / "model.safetensors").read_bytes() == reference

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +137,9 @@ def test_merge_push_to_hub_round_trip(local_hub, tmp_path):
     card = ModelCard.load("org/merged")
     assert card.data.library_name == "hf-tts" and "merge" in card.data.tags
     assert 'model_id = "org/merged"' in card.text
+    # Like every card: the flags and the architecture table of the merged config, and the inputs' hashes.
+    assert "| `architecture` | `F5TTS_v1_Base` |" in card.text and "| `depth` | `2` |" in card.text
+    assert hashlib.sha256((left / "model.safetensors").read_bytes()).hexdigest() in card.text
 
 
 def speech_folder(path: Path) -> Path:
@@ -165,3 +169,14 @@ def test_pipeline_from_a_repo_id_matches_the_local_folder(local_hub, tmp_path):
     assert remote["sampling_rate"] == 24000
     assert remote["audio"].dtype == np.float32 and remote["audio"].size > 0
     np.testing.assert_array_equal(remote["audio"], local["audio"])
+
+
+def test_pipeline_from_a_private_repo_uses_the_callers_token(local_hub, tmp_path):
+    local_hub.token = "s3cret"
+    folder = speech_folder(tmp_path / "speaker")
+    push_folder(folder, "org/private-speaker", private=True, token="s3cret")
+    reference = np.random.default_rng(1).standard_normal(24000).astype(np.float32) * 0.1
+    options = dict(ref_audio=reference, ref_text="hello ", nfe_step=2, seed=0, sampling_rate=24000)
+    pipe = pipeline("zero-shot-text-to-speech", model="org/private-speaker", device="cpu", token="s3cret")
+    out = pipe("abc de", **options)
+    assert out["sampling_rate"] == 24000 and out["audio"].size > 0

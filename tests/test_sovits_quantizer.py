@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
+import types
 
 import pytest
 import torch
@@ -62,6 +64,34 @@ def test_versioned_export_header_is_restored_without_touching_the_file(sovits, t
     assert tagged_config.to_dict() == config.to_dict()
     assert all(torch.equal(tagged_state[key], state_dict[key]) for key in state_dict)
     assert tagged.read_bytes()[:2] == b"05"
+
+
+def test_fine_tuned_export_with_pickled_hparams_is_read_without_unpickling_code(sovits, tmp_path, monkeypatch):
+    # GPT-SoVITS' savee(): fp16 weights plus `config` = a utils.HParams instance. weights_only loading accepts it
+    # through the inert stand-in class; the quantizer read back equals the fp32 fixture's to fp16 rounding.
+    folder, config, state_dict, _ = sovits
+    upstream_utils = types.ModuleType("utils")
+
+    class UpstreamHParams:
+        def __init__(self, **fields):
+            for key, value in fields.items():
+                setattr(self, key, UpstreamHParams(**value) if isinstance(value, dict) else value)
+
+    UpstreamHParams.__module__, UpstreamHParams.__qualname__ = "utils", "HParams"
+    upstream_utils.HParams = UpstreamHParams
+    monkeypatch.setitem(sys.modules, "utils", upstream_utils)
+    weights = torch.load(folder / "s2G_frontend.pth", weights_only=True)["weight"]
+    export = {
+        "weight": {key: tensor.half() for key, tensor in weights.items()},
+        "config": UpstreamHParams(model={"semantic_frame_rate": "25hz", "freeze_quantizer": True}),
+        "info": "8epoch_96iteration",
+    }
+    torch.save(export, tmp_path / "voice_e8_s96.pth")
+    monkeypatch.delitem(sys.modules, "utils")
+    read_config, read_state = read_sovits_quantizer(tmp_path / "voice_e8_s96.pth")
+    assert read_config.to_dict() == config.to_dict()
+    for key, tensor in state_dict.items():
+        assert torch.equal(read_state[key], tensor.half().float()), key
 
 
 def test_reader_refuses_other_files(tmp_path):

@@ -85,6 +85,11 @@ def test_without_a_vocoder_synthesis_says_how_to_attach_one(tmp_path):
     assert (out / "processor_config.json").is_file() and (out / "vocab.txt").is_file()
     speech = attached.synthesize("Hello.", reference_wave(), REF_TEXT, nfe_step=2, seed=0)
     assert speech.sampling_rate == 24000 and speech.audio.dtype == np.float32 and len(speech.audio) > 0
+    # the card is rewritten for the new folder: it says the vocoder is carried and shows the speech pipeline
+    card = (out / "README.md").read_text()
+    assert "folder alone gives speech" in card and 'pipeline("zero-shot-text-to-speech"' in card
+    assert "model.safetensors" in card  # the vocoder's weights, hashed in the provenance
+    assert f'model_id = "./{out.name}"' in card
 
 
 def test_a_vocoder_for_another_mel_is_refused(model):

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
+
+import numpy as np
 
 from hf_tts.errors import InputError
+from hf_tts.file_utils import atomic_write_file
+
+if TYPE_CHECKING:
+    from hf_tts.models.cfg_motion import CFGMotionConfig, CFGMotionModel
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,27 +37,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_run)
 
 
-def _write_atomically(target: Path, overwrite: bool, write: Callable[[Path], None]) -> None:
-    if target.exists() and not overwrite:
-        raise InputError(f"{target} already exists; choose another path or pass --overwrite")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix, dir=target.parent)
-    os.close(handle)
-    try:
-        write(Path(staging))
-        os.replace(staging, target)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
-
-
-def plot_motion(motion, fps: int, path: Path, num_curves: int = 8) -> None:
+def plot_motion(motion, fps: int, path: Path | BinaryIO, num_curves: int = 8) -> None:
     """Plot the first `num_curves` feature curves of (frames, nfeats) motion against time in seconds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     seconds = np.arange(motion.shape[0]) / fps
     figure, axes = plt.subplots(figsize=(10, 4))
@@ -68,27 +57,80 @@ def plot_motion(motion, fps: int, path: Path, num_curves: int = 8) -> None:
     plt.close(figure)
 
 
-def _run(args: argparse.Namespace) -> int:
-    import numpy as np
-    from transformers import pipeline
-
+def _check_options(args: argparse.Namespace) -> None:
+    """Cheap checks of the command line, before the model loads."""
     if (args.audio is None) == (args.features is None):
         raise InputError("give exactly one of AUDIO or --features FILE.npy")
     if args.features is not None and args.num_frames is None:
         raise InputError("--features needs --num-frames (the motion length cannot be inferred from features)")
-    out, plot = Path(args.out), Path(args.plot) if args.plot else None
-    for target in (out, plot):
-        if target is not None and target.exists() and not args.overwrite:
+    if args.num_frames is not None and args.num_frames < 1:
+        raise InputError(f"--num-frames must be >= 1, got {args.num_frames}")
+    if args.steps is not None and args.steps < 1:
+        raise InputError(f"--steps must be >= 1, got {args.steps}")
+    if args.guidance_scale is not None and not args.guidance_scale >= 0:
+        raise InputError(f"--guidance-scale must be >= 0, got {args.guidance_scale}")
+    if args.plot_features < 1:
+        raise InputError(f"--plot-features must be >= 1, got {args.plot_features}")
+    for name, path in (("AUDIO", args.audio), ("--features", args.features)):
+        if path is not None and not Path(path).is_file():
+            raise InputError(f"{name} file {path} does not exist")
+    for target in (args.out, args.plot):
+        if target is not None and Path(target).exists() and not args.overwrite:
             raise InputError(f"{target} already exists; choose another path or pass --overwrite")
+
+
+def _load_features(path: str, config: CFGMotionConfig) -> np.ndarray:
+    """(length, C) conditioning features from a .npy file, checked against the model's expected width."""
+    try:
+        features = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise InputError(f"--features {path} is not a readable .npy array: {error}") from error
+    width = config.quantizer.ssl_dim if config.quantizer.enabled else config.cond_feature_dim
+    if features.ndim != 2 or features.shape[1] != width:
+        raise InputError(f"--features {path} must be (length, {width}) for this model, got shape {features.shape}")
+    return features.astype(np.float32)
+
+
+def _load_model(source: str) -> CFGMotionModel:
+    import torch
+    from transformers import AutoModel
+    from transformers.utils import logging
+
+    from hf_tts.models.cfg_motion import CFGMotionModel
+
+    if not Path(source).exists() and (source.startswith((".", "/", "~")) or source.count("/") > 1):
+        raise InputError(f"model folder {source} does not exist")
+    # Keep stderr for the one-line error of the CLI contract: no weight-loading progress bar.
+    bars_were_enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        model = AutoModel.from_pretrained(source, dtype=torch.float32)
+    except (OSError, ValueError) as error:
+        raise InputError(f"could not load a model from {source}: {str(error).strip().splitlines()[0]}") from error
+    finally:
+        if bars_were_enabled:
+            logging.enable_progress_bar()
+    if not isinstance(model, CFGMotionModel):
+        raise InputError(f"{source} holds a {type(model).__name__}, not a CFG motion model")
+    return model.eval()
+
+
+def _run(args: argparse.Namespace) -> int:
+    from transformers import pipeline
+
+    _check_options(args)
+    model = _load_model(args.model)
     if args.features is not None:
-        features_path = Path(args.features)
-        if not features_path.is_file():
-            raise InputError(f"features file {features_path} does not exist")
-        inputs = {"cond_features": np.load(features_path, allow_pickle=False)}
+        inputs = {"cond_features": _load_features(args.features, model.config)}
+    elif model.audio_encoder is None:
+        raise InputError(
+            f"{args.model} has no audio encoder (config.audio_encoder), so it cannot take audio; pass precomputed "
+            "conditioning with --features FILE.npy --num-frames N"
+        )
     else:
         inputs = args.audio
 
-    pipe = pipeline("audio-to-motion", model=args.model, device="cpu")
+    pipe = pipeline("audio-to-motion", model=model, device="cpu")
     result = pipe(
         inputs,
         guidance_scale=args.guidance_scale,
@@ -97,10 +139,12 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     motion, fps = result["motion"], result["fps"]
-    # np.save appends ".npy" to names without it; the staging name keeps the suffix so it is written as given.
-    _write_atomically(out, args.overwrite, lambda path: np.save(path, motion))
+    out, plot = Path(args.out), Path(args.plot) if args.plot else None
+    atomic_write_file(out, lambda stream: np.save(stream, motion), overwrite=args.overwrite)
     if plot is not None:
-        _write_atomically(plot, args.overwrite, lambda path: plot_motion(motion, fps, path, args.plot_features))
+        atomic_write_file(
+            plot, lambda stream: plot_motion(motion, fps, stream, args.plot_features), overwrite=args.overwrite
+        )
     print(f"wrote {out} ({motion.shape[0]} frames x {motion.shape[1]} features at {fps} fps)")
     if plot is not None:
         print(f"wrote {plot}")

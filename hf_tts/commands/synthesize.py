@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 from hf_tts.errors import InputError
+from hf_tts.file_utils import atomic_write_file
 
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -49,23 +50,7 @@ def _read_text(args: argparse.Namespace) -> str:
         raise InputError(f"text file {path} is not UTF-8 text") from error
 
 
-def _write_atomically(path: Path, write) -> None:
-    """Call `write(temp_path)` on a temporary file next to `path`, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(handle)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        write(staging)
-        os.chmod(staging, 0o666 & ~umask)  # mkstemp creates 0600; a WAV is an ordinary file
-        os.replace(staging, path)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
-
-
-def plot_mel(mel, path: str) -> None:
+def plot_mel(mel, path: str | os.PathLike | BinaryIO) -> None:
     """Save a (n_mels, frames) log-mel as a PNG picture (matplotlib, Agg backend)."""
     import matplotlib
 
@@ -116,9 +101,9 @@ def _run(args: argparse.Namespace) -> int:
         progress=True,
     )
     audio, rate = speech.audio, speech.sampling_rate
-    _write_atomically(out, lambda staging: soundfile.write(staging, audio, rate, subtype="PCM_16", format="WAV"))
+    atomic_write_file(out, lambda stream: soundfile.write(stream, audio, rate, subtype="PCM_16", format="WAV"))
     if plot is not None:
-        _write_atomically(plot, lambda staging: plot_mel(speech.mel, staging))
+        atomic_write_file(plot, lambda stream: plot_mel(speech.mel, stream))
     chunks = len(speech.chunks)
     print(f"wrote {out} ({len(audio) / rate:.2f} s at {rate} Hz, {chunks} chunk{'s' if chunks > 1 else ''})")
     return 0

@@ -6,8 +6,9 @@ The `.pt` file is a bare `state_dict` of upstream's `FiLMTransformer`. It includ
 - the frozen fairseq audio encoder (`audio_model.*`) and, for the face model, the lip regressor (`lip_model.*`),
   plus the guide transformer / VQ tokenizer (`transformer.*`, `tokenizer.*`) when present: not ported (the model
   takes precomputed `cond_features`); their keys are reported and dropped.
-Sizes come from the weights themselves; `args.json` supplies what the weights cannot say (`heads`, the data format,
-the noise schedule and velocity-loss weight).
+Sizes come from the weights themselves; `args.json` supplies what the weights cannot say (`heads`, the noise
+schedule, the velocity-loss weight, the CFG drop rate) and is checked against them (`data_format`); variants that
+cannot be ported (`unconstrained`, `not_rotary`) are refused with a clear error.
 """
 
 from __future__ import annotations
@@ -25,9 +26,13 @@ from hf_tts.layers.film import rotary_frequencies
 from hf_tts.models.cfg_motion.configuration_cfg_motion import CFGMotionConfig
 from hf_tts.models.cfg_motion.modeling_cfg_motion import CFGMotionModel
 
-# Upstream submodules that are not part of the denoiser (frozen encoders, guide-pose predictor).
-DROPPED_PREFIXES = ("audio_model.", "lip_model.", "transformer.", "tokenizer.")
+# Upstream submodules that are not part of the denoiser: the frozen fairseq audio encoder and its torchaudio
+# 48 -> 16 kHz resampler (whose sinc `kernel` buffer is persistent, so every real checkpoint has it), the face lip
+# regressor, and the guide-pose predictor.
+DROPPED_PREFIXES = ("audio_model.", "audio_resampler.", "lip_model.", "transformer.", "tokenizer.")
 DATA_FORMATS = {"pose": "body", "face": "face"}
+# The `--heads` default of upstream's parser, which it uses when args.json lacks the key.
+UPSTREAM_DEFAULT_HEADS = 4
 
 # Upstream key (regex) -> key under `denoiser.`; applied in order, first match wins.
 KEY_MAP: list[tuple[str, str]] = [
@@ -82,13 +87,30 @@ def _require(state_dict: dict[str, torch.Tensor], key: str, source: Path) -> tor
 
 
 def config_from_upstream(args: dict, state_dict: dict[str, torch.Tensor], source: Path) -> CFGMotionConfig:
-    data_format = args.get("data_format")
+    """The config of an upstream checkpoint: sizes from the weights (upstream ignores `--latent_dim` and hard-codes
+    ff 1024, the 1998 null tokens and the 20 keyframe slots, but a retrained model may differ), flags from
+    `args.json` read as upstream's `parse_and_load_from_model` reads them (a missing key takes the parser default,
+    `diffusion_steps` is ignored: upstream always builds 1000 steps)."""
+    args_path = source.parent / "args.json"
+    has_keyframes = "null_pose_embed" in state_dict
+    data_format = args.get("data_format", "pose" if has_keyframes else "face")
     if data_format not in DATA_FORMATS:
-        raise InputError(f"{source.parent / 'args.json'}: data_format must be 'pose' or 'face', got {data_format!r}")
-    if "heads" not in args:
-        raise InputError(f"{source.parent / 'args.json'} has no 'heads' (the attention head count cannot be inferred)")
+        raise InputError(f"{args_path}: data_format must be 'pose' or 'face', got {data_format!r}")
+    if has_keyframes != (data_format == "pose"):
+        raise CheckpointMismatchError(
+            f"{args_path} says data_format={data_format!r} but the weights {'have' if has_keyframes else 'lack'} the "
+            "body keyframe branch (null_pose_embed); is args.json from another model?"
+        )
+    if args.get("unconstrained") or args.get("cond_mode") == "no_cond":
+        raise InputError(
+            f"{args_path}: unconstrained (audio-free) models are not supported: upstream's unconditional branch "
+            "cannot run (it crashes for both face and body), so no usable checkpoint of that kind exists"
+        )
     if args.get("not_rotary"):
-        raise InputError("args.json has not_rotary=true: only the rotary variant (upstream's default) is supported")
+        raise InputError(f"{args_path}: not_rotary=true is not supported, only the rotary variant (upstream's default)")
+    noise_schedule = args.get("noise_schedule") or "cosine"
+    if noise_schedule not in ("cosine", "linear"):
+        raise InputError(f"{args_path}: noise_schedule must be 'cosine' or 'linear', got {noise_schedule!r}")
     latent_dim, nfeats = _require(state_dict, "input_projection.weight", source).shape
     layers = {int(m.group(1)) for key in state_dict if (m := re.match(r"seqTransDecoder\.stack\.(\d+)\.", key))}
     cond_layers = {int(m.group(1)) for key in state_dict if (m := re.match(r"cond_encoder\.(\d+)\.", key))}
@@ -98,24 +120,27 @@ def config_from_upstream(args: dict, state_dict: dict[str, torch.Tensor], source
         latent_dim=int(latent_dim),
         ff_size=int(_require(state_dict, "seqTransDecoder.stack.0.linear1.weight", source).shape[0]),
         layers=len(layers),
-        heads=int(args["heads"]),
+        heads=int(args.get("heads") or UPSTREAM_DEFAULT_HEADS),
         cond_feature_dim=int(_require(state_dict, "cond_projection.weight", source).shape[1]),
         cond_encoder_layers=len(cond_layers),
-        use_keyframes="null_pose_embed" in state_dict,
+        use_keyframes=has_keyframes,
         post_conv="final_conv.weight" in state_dict,
         max_cond_len=int(_require(state_dict, "null_cond_embed", source).shape[1]),
-        noise_schedule=args.get("noise_schedule", "cosine"),
+        noise_schedule=noise_schedule,
         lambda_vel=float(args.get("lambda_vel") or 0.0),
     )
-    if "null_pose_embed" in state_dict:
+    if has_keyframes:
         fields["max_keyframes"] = int(state_dict["null_pose_embed"].shape[1])
     if args.get("cond_mask_prob") is not None:
         fields["cond_drop_prob"] = float(args["cond_mask_prob"])
+        if fields["cond_drop_prob"] == 0:
+            # Upstream samples such a model without guidance (generate forces guidance_param = 1).
+            fields["guidance_scale"] = 1.0
     try:
         return CFGMotionConfig(**fields)
     except Exception as error:
         raise CheckpointMismatchError(
-            f"{source}: the weights do not form a valid CFG motion config: {error}"
+            f"{source}: the weights and {args_path.name} do not form a valid CFG motion config: {error}"
         ) from error
 
 

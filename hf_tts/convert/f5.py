@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from huggingface_hub.errors import StrictDataclassError
@@ -148,25 +150,17 @@ def resolve_arch(arch: str | os.PathLike, *, text_num_embeds: int | None = None)
     return config
 
 
-def _read_checkpoint(path: Path, use_online_weights: bool) -> dict[str, torch.Tensor]:
-    """The CFM-level state dict (`transformer.*`, maybe `mel_spec.*`) of an upstream file, EMA unless asked."""
-    if not path.is_file():
-        raise InputError(f"checkpoint {path} does not exist or is not a file")
+def select_upstream_state(checkpoint: Mapping[str, Any], path: Path, use_online_weights: bool) -> Mapping[str, Any]:
+    """The CFM-level state dict (`transformer.*`, maybe `mel_spec.*`) inside an opened upstream file, EMA unless
+    asked: a `.safetensors` export is that state dict itself; a `.pt` holds it under `ema_model_state_dict` /
+    `model_state_dict` or is a raw state dict. Only keys are looked at, so `checkpoint` may be lazily mapped."""
     if path.suffix.lower() == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(path)
-        except (SafetensorError, OSError, ValueError) as error:
-            raise InputError(f"{path} is not a readable safetensors file: {error}") from error
-        if use_online_weights and any(key.startswith("ema_model.") for key in state):
+        if use_online_weights and any(key.startswith("ema_model.") for key in checkpoint):
             raise InputError(
                 f"{path} holds only EMA weights (ema_model.*); --use-online-weights needs a training checkpoint "
                 "(.pt with model_state_dict)"
             )
-        return state
-    checkpoint = load_torch_checkpoint(path)
+        return checkpoint
     if not isinstance(checkpoint, dict):
         raise InputError(f"{path} holds a {type(checkpoint).__name__}, not an upstream checkpoint dict")
     wanted, other = ("model_state_dict", "ema_model_state_dict")
@@ -184,6 +178,23 @@ def _read_checkpoint(path: Path, use_online_weights: bool) -> dict[str, torch.Te
     )
 
 
+def _read_checkpoint(path: Path, use_online_weights: bool) -> Mapping[str, Any]:
+    """The CFM-level state dict of an upstream file, read into memory."""
+    if not path.is_file():
+        raise InputError(f"checkpoint {path} does not exist or is not a file")
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            checkpoint = load_file(path)
+        except (SafetensorError, OSError, ValueError) as error:
+            raise InputError(f"{path} is not a readable safetensors file: {error}") from error
+    else:
+        checkpoint = load_torch_checkpoint(path)
+    return select_upstream_state(checkpoint, path, use_online_weights)
+
+
 def _check_rotary_frequencies(key: str, inv_freq: torch.Tensor) -> None:
     """Warn when a stored `inv_freq` is not upstream's 1/10000^(2i/d): the model always recomputes the standard
     frequencies (upstream builds them the same way; the buffer is never trained), so only an edited file differs."""
@@ -198,6 +209,40 @@ def _check_rotary_frequencies(key: str, inv_freq: torch.Tensor) -> None:
         )
 
 
+def upstream_f5_key_map(state: Mapping[str, Any], path: Path) -> dict[str, str]:
+    """`F5TTSModel`/`E2TTSModel` key (`backbone.*`) -> key in the upstream state dict `state` (from
+    `select_upstream_state`); bookkeeping, mel buffers and `rotary_embed.inv_freq` (checked against the standard
+    frequencies) get no entry. Values are type-checked when `state` is a dict (what torch.load gives); a lazily mapped
+    safetensors file holds only tensors, and of it only the small rotary buffer is read."""
+    ddp = bool(state) and all(
+        key.startswith("module.") for key in state
+    )  # saved from a DistributedDataParallel wrapper
+    names: dict[str, str] = {}
+    unexpected: list[str] = []
+    for key in state:
+        shown = key.removeprefix("module.") if ddp else key
+        name = shown.removeprefix("ema_model.")
+        if name in _NON_WEIGHT_KEYS or name.startswith("mel_spec."):
+            continue
+        if not name.startswith("transformer."):
+            unexpected.append(shown)
+            continue
+        if isinstance(state, dict) and not isinstance(state[key], torch.Tensor):
+            raise InputError(f"{path}: {shown} is a {type(state[key]).__name__}, not a tensor")
+        if name == "transformer.rotary_embed.inv_freq":
+            _check_rotary_frequencies(shown, state[key])
+            continue
+        names["backbone." + name.removeprefix("transformer.")] = key
+    if unexpected:
+        raise InputError(
+            f"{path} has {len(unexpected)} key(s) outside upstream's CFM layout (e.g. {unexpected[0]!r}); "
+            "expected ema_model.transformer.* or transformer.* weights"
+        )
+    if not names:
+        raise InputError(f"{path} holds no F5-TTS/E2-TTS weights (no transformer.* keys)")
+    return names
+
+
 def load_upstream_f5_state_dict(
     checkpoint: str | os.PathLike, *, use_online_weights: bool = False
 ) -> dict[str, torch.Tensor]:
@@ -208,31 +253,7 @@ def load_upstream_f5_state_dict(
     """
     path = Path(checkpoint)
     state = _read_checkpoint(path, use_online_weights)
-    if state and all(key.startswith("module.") for key in state):  # saved from a DistributedDataParallel wrapper
-        state = {key[len("module.") :]: value for key, value in state.items()}
-    converted: dict[str, torch.Tensor] = {}
-    unexpected: list[str] = []
-    for key, value in state.items():
-        name = key.removeprefix("ema_model.")
-        if name in _NON_WEIGHT_KEYS or name.startswith("mel_spec."):
-            continue
-        if not name.startswith("transformer."):
-            unexpected.append(key)
-            continue
-        if not isinstance(value, torch.Tensor):
-            raise InputError(f"{path}: {key} is a {type(value).__name__}, not a tensor")
-        if name == "transformer.rotary_embed.inv_freq":
-            _check_rotary_frequencies(key, value)
-            continue
-        converted["backbone." + name.removeprefix("transformer.")] = value
-    if unexpected:
-        raise InputError(
-            f"{path} has {len(unexpected)} key(s) outside upstream's CFM layout (e.g. {unexpected[0]!r}); "
-            "expected ema_model.transformer.* or transformer.* weights"
-        )
-    if not converted:
-        raise InputError(f"{path} holds no F5-TTS/E2-TTS weights (no transformer.* keys)")
-    return converted
+    return {name: state[key] for name, key in upstream_f5_key_map(state, path).items()}
 
 
 def convert_f5_checkpoint(

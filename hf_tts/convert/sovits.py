@@ -2,6 +2,9 @@
 
 Files are `{"weight": state_dict, "config": hps, "info": ...}` (fine-tuned exports hold fp16 tensors); v2Pro /
 v2ProPlus / LoRA exports overwrite the zip magic `PK` with a 2-byte version tag, which is restored before loading.
+`hps` is a pickled instance of GPT-SoVITS' `utils.HParams` (a plain attribute bag): it is read with
+`weights_only=True` by allowing exactly that class name, rebuilt as the inert `HParams` stand-in below (nothing of
+GPT-SoVITS is imported or executed).
 Keys read: `ssl_proj.{weight,bias}` and `quantizer.vq.layers.{i}._codebook.{inited,cluster_size,embed,embed_avg}`;
 everything else (text encoder, flow, decoder, ...) belongs to the synthesizer and is ignored. The quantizer's shape
 (ssl_dim, n_q, bins) and frame rate (kernel 2 = "25hz", 1 = "50hz") come from the weights.
@@ -20,8 +23,22 @@ from hf_tts.errors import CheckpointMismatchError
 from hf_tts.file_utils import load_torch_checkpoint
 from hf_tts.models.cfg_motion.configuration_cfg_motion import VoiceQuantizerConfig
 
-# Version tags GPT-SoVITS writes over the zip magic (process_ckpt.py): v2Pro, v2ProPlus, LoRA v3, LoRA v4.
-VERSION_HEADERS = (b"05", b"06", b"03", b"04")
+# Version tags GPT-SoVITS reads in place of the zip magic (process_ckpt.py `head2version`): v1, v2, v3, LoRA v3,
+# LoRA v4, v2Pro, v2ProPlus.
+VERSION_HEADERS = (b"00", b"01", b"02", b"03", b"04", b"05", b"06")
+# Where GPT-SoVITS' HParams class lives when its training scripts pickle the `config` entry.
+HPARAMS_CLASS_PATHS = ("utils.HParams", "GPT_SoVITS.utils.HParams")
+
+
+class HParams:
+    """Inert stand-in for GPT-SoVITS' `utils.HParams` (unpickled attributes only; no code of GPT-SoVITS runs)."""
+
+
+def _load_allowing_hparams(path: Path) -> dict:
+    with torch.serialization.safe_globals([(HParams, name) for name in HPARAMS_CLASS_PATHS]):
+        return load_torch_checkpoint(path)
+
+
 CODEBOOK_KEY = re.compile(r"^quantizer\.vq\.layers\.(\d+)\._codebook\.(inited|cluster_size|embed|embed_avg)$")
 
 
@@ -29,14 +46,14 @@ def _load_export(path: Path) -> dict:
     with open(path, "rb") as handle:
         header = handle.read(2)
     if header not in VERSION_HEADERS:
-        return load_torch_checkpoint(path)
+        return _load_allowing_hparams(path)
     # Restore the zip magic in a temporary copy; the user's file is never modified.
     with tempfile.TemporaryDirectory() as scratch:
         restored = Path(scratch) / path.name
         shutil.copyfile(path, restored)
         with open(restored, "r+b") as handle:
             handle.write(b"PK")
-        return load_torch_checkpoint(restored)
+        return _load_allowing_hparams(restored)
 
 
 def read_sovits_quantizer(path: str | Path) -> tuple[VoiceQuantizerConfig, dict[str, torch.Tensor]]:
@@ -77,4 +94,4 @@ def read_sovits_quantizer(path: str | Path) -> tuple[VoiceQuantizerConfig, dict[
     return config, {key: tensor.float().contiguous() for key, tensor in state_dict.items()}
 
 
-__all__ = ["read_sovits_quantizer"]
+__all__ = ["HParams", "read_sovits_quantizer"]

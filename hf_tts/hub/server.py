@@ -165,6 +165,9 @@ class _Base64ToFile:
     def finish(self) -> StagedFile:
         if self._pending:
             raise RegistryError(400, "file content is not valid base64: truncated")
+        # On disk before the commit that references it becomes visible.
+        self._stream.flush()
+        os.fsync(self._stream.fileno())
         self._stream.close()
         self.staged.sha256 = self._digest.hexdigest()
         return self.staged
@@ -445,7 +448,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
         self._dispatch("DELETE")
 
     def _dispatch(self, method: str) -> None:
-        self._body_consumed = False
+        self._body: Iterator[bytes] | None = None
+        self._body_complete = False
         try:
             self._route(method)
         except RegistryError as error:
@@ -476,8 +480,13 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _body_chunks(self) -> Iterator[bytes]:
-        """The request body in pieces (Content-Length or chunked); ConnectionError if the client goes away early."""
-        self._body_consumed = True
+        """The request body in pieces (Content-Length or chunked); ConnectionError if the client goes away early.
+        One reader per request: a second call continues where the first stopped."""
+        if self._body is None:
+            self._body = self._read_body()
+        return self._body
+
+    def _read_body(self) -> Iterator[bytes]:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             while True:
                 size_line = self.rfile.readline(1024)
@@ -491,10 +500,12 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 if size == 0:
                     while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
                         pass
+                    self._body_complete = True
                     return
                 yield from self._read_exactly(size)
                 self.rfile.readline(1024)
         yield from self._read_exactly(int(self.headers.get("Content-Length") or 0))
+        self._body_complete = True
 
     def _read_exactly(self, size: int) -> Iterator[bytes]:
         while size:
@@ -505,18 +516,21 @@ class _RequestHandler(BaseHTTPRequestHandler):
             yield piece
 
     def _drain_body(self) -> None:
-        """Read and drop an unread request body so an error answer reaches the client; close if it is too big."""
-        if self._body_consumed:
-            return
-        length = int(self.headers.get("Content-Length") or 0)
-        chunked = self.headers.get("Transfer-Encoding", "").lower() == "chunked"
-        if chunked or length > _MAX_DRAIN:
+        """Read and drop the unread rest of the request body (none read yet, or a commit refused mid-body) so the
+        error answer reaches the client and the rest is never taken for the next request; close the connection
+        instead when more than `_MAX_DRAIN` bytes are left."""
+        if self._body is None and int(self.headers.get("Content-Length") or 0) > _MAX_DRAIN:
             self.close_connection = True
             return
+        drained = 0
         try:
-            for _ in self._body_chunks():
-                pass
-        except (ConnectionError, ValueError):
+            for piece in self._body_chunks():
+                drained += len(piece)
+                if drained > _MAX_DRAIN:
+                    break
+        except (ConnectionError, RegistryError, ValueError):
+            pass
+        if not self._body_complete:
             self.close_connection = True
 
     def _json_body(self) -> Any:

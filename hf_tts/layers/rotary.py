@@ -46,11 +46,13 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     """Rotate the leading `cos.shape[-1]` channels of `x` (..., seq, head_dim) in interleaved pairs
     (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin); computed in fp32, returned in x's dtype."""
     rot_dim = cos.shape[-1]
-    rotated, passthrough = x[..., :rot_dim].float(), x[..., rot_dim:]
-    even, odd = rotated.unflatten(-1, (-1, 2)).unbind(-1)
-    swapped = torch.stack((-odd, even), dim=-1).flatten(-2)
-    out = rotated * cos + swapped * sin
-    return torch.cat((out.to(x.dtype), passthrough), dim=-1)
+    # One complex product per pair, (x0 + i x1) * (cos + i sin), is bit-identical to the real formula and, being a
+    # single kernel that also makes q/k contiguous for attention, measurably faster on CPU (scripts/bench_tts.py).
+    pairs = torch.view_as_complex(x[..., :rot_dim].float().unflatten(-1, (-1, 2)))
+    out = torch.view_as_real(pairs * torch.complex(cos[..., ::2], sin[..., ::2])).flatten(-2).to(x.dtype)
+    if rot_dim == x.shape[-1]:
+        return out
+    return torch.cat((out, x[..., rot_dim:]), dim=-1)
 
 
 __all__ = ["RotaryEmbedding", "apply_rotary", "rotary_inv_freq"]

@@ -20,8 +20,9 @@ from typing import Any, NamedTuple
 from hf_tts.errors import InputError
 from hf_tts.file_utils import atomic_output_dir, sha256_file
 from hf_tts.merge.plan import LayerRule, MergePlan, MergeRecipe, build_plan
-from hf_tts.merge.stream import DistanceStats
+from hf_tts.merge.stream import DistanceStats, single_torch_thread
 
+HASH_WORKERS = 2
 METHOD_LINKS = {
     "linear": "[linear](https://arxiv.org/abs/2203.05482) (model soup)",
     "slerp": "[SLERP](https://en.wikipedia.org/wiki/Slerp)",
@@ -165,14 +166,19 @@ def merge(
 
     started = time.perf_counter()
     files = {source.spec: source.files for source in plan.inputs()}
-    # Hashing runs beside the merge (hashlib releases the GIL), so provenance costs no extra wall time.
-    with ThreadPoolExecutor(max_workers=1) as pool, atomic_output_dir(out_dir, overwrite=overwrite) as staging:
+    # Hashing runs beside the merge (hashlib releases the GIL); two workers so that, when the merge finishes first,
+    # the remaining files are hashed on both cores.
+    with (
+        ThreadPoolExecutor(max_workers=HASH_WORKERS) as pool,
+        atomic_output_dir(out_dir, overwrite=overwrite) as staging,
+    ):
         hashes = {spec: {path.name: pool.submit(sha256_file, path) for path in paths} for spec, paths in files.items()}
         stats = DistanceStats(len(plan.sources))
-        if plan.layout == "xtts":
-            written = [write.write_xtts_weights(plan, staging, stats)]
-        else:
-            written = write.write_weight_shards(plan, staging, stats, plan.shards)
+        with single_torch_thread():
+            if plan.layout == "xtts":
+                written = [write.write_xtts_weights(plan, staging, stats)]
+            else:
+                written = write.write_weight_shards(plan, staging, stats, plan.shards)
         write.copy_companion_files(plan, staging)
         report.bytes_written = sum(path.stat().st_size for path in written)
         report.distances = stats.distances()

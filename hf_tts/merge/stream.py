@@ -7,6 +7,7 @@ sources; the input views are memory maps that are released as soon as their key 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from collections.abc import Iterable, Iterator
@@ -17,6 +18,7 @@ import torch
 from hf_tts.errors import InputError
 from hf_tts.merge import methods
 from hf_tts.merge.plan import MergePlan, TensorTask
+from hf_tts.merge.sources import TensorReader
 
 # Elements per slice of an elementwise merge (256 KiB of fp32): every source's slice, the accumulator and the output
 # fit in the L2 cache together, so each input byte is fetched from memory once (see scripts/bench_merge.py).
@@ -29,6 +31,21 @@ def block_name(key: str) -> str:
     two name components (`backbone.time_embed`)."""
     match = _NUMBERED_BLOCK.match(key)
     return match.group(1) if match else ".".join(key.split(".")[:2])
+
+
+@contextlib.contextmanager
+def single_torch_thread() -> Iterator[None]:
+    """Run torch ops on the calling thread only, restoring the previous setting afterwards.
+
+    A slice is too small for intra-op parallelism to pay, the other core hashes the inputs, and on a busy machine
+    each parallel op waits for its slowest (descheduled) worker: measured 3x slower merges with 2 threads.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @dataclass
@@ -102,51 +119,67 @@ def _chunk_statistics(
     return dots, squared_norms, torch.dot(merged, merged).item()
 
 
+def _merged_slices(
+    plan: MergePlan, task: TensorTask, readers: list[TensorReader], buffers: list[torch.Tensor], out: torch.Tensor
+) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
+    """(the inputs' slices, the merged slice) of an elementwise merge, each input slice read into its buffer."""
+    source_count = len(plan.sources)
+    for start in range(0, task.info.numel, CHUNK_ELEMENTS):
+        chunks = [reader.read(task.key, start, buffer) for reader, buffer in zip(readers, buffers)]
+        base = chunks[-1] if plan.base is not None else None
+        yield chunks, _merge(plan, task, chunks[:source_count], base, out[: chunks[0].numel()])
+
+
+def _slices_of_whole_merge(
+    plan: MergePlan, task: TensorTask, readers: list[TensorReader]
+) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
+    """(the inputs' slices, the merged slice) of a method that needs whole tensors, merged once up front."""
+    views = [reader.tensor(task.key) for reader in readers]
+    base = views[-1] if plan.base is not None else None
+    merged = _merge(plan, task, views[: len(plan.sources)], base, None).reshape(-1)
+    flats = [view.reshape(-1) for view in views]
+    for start in range(0, task.info.numel, CHUNK_ELEMENTS):
+        yield [flat[start : start + CHUNK_ELEMENTS] for flat in flats], merged[start : start + CHUNK_ELEMENTS]
+
+
 def merged_chunks(
     plan: MergePlan, keys: Iterable[str], stats: DistanceStats
 ) -> Iterator[tuple[TensorTask, torch.Tensor]]:
     """Yield (task, next piece of its merged tensor in the output dtype, flattened) for `keys`, in that order.
 
-    Elementwise methods run on `CHUNK_ELEMENTS`-sized slices: each slice of every source is read from the memory map
-    once, and the accumulation, the NaN/Inf check, the distance statistics and the cast to the output dtype all use
-    it while it is in the cache. A yielded piece is only valid until the next one is requested.
+    Elementwise methods run on `CHUNK_ELEMENTS`-sized slices: each slice of every input is read once into a small
+    reused buffer, and the accumulation, the NaN/Inf check, the distance statistics and the cast to the output dtype
+    all use it while it is in the cache. A yielded piece is only valid until the next one is requested.
     """
     tasks = {task.key: task for task in plan.tasks}
     labelled = [(f"source {index + 1} ({source.spec})", source) for index, source in enumerate(plan.sources)]
     if plan.base is not None:
         labelled.append((f"base ({plan.base.spec})", plan.base))
+    labels = [label for label, _ in labelled]
+    readers = [source.reader for _, source in labelled]
     source_count = len(plan.sources)
     elementwise = _is_elementwise(plan)
-    buffers: dict[torch.dtype, torch.Tensor] = {}
+    # Reused across keys: per input dtype one slice buffer per input, per accumulator dtype one output slice.
+    input_buffers: dict[torch.dtype, list[torch.Tensor]] = {}
+    accumulators: dict[torch.dtype, torch.Tensor] = {}
     for key in keys:
         task = tasks[key]
-        flats = [source.reader.tensor(key).reshape(-1) for _, source in labelled]
         if not task.merged:
-            yield task, flats[0]  # every source agrees (checked by the plan)
+            yield task, readers[0].tensor(key).reshape(-1)  # every source agrees (checked by the plan)
         else:
-            dtype = methods.accumulator_dtype(*(flat.dtype for flat in flats))
-            numel = flats[0].numel()
-            whole = None
-            if not elementwise:
-                sources = [flat.view(task.info.shape) for flat in flats[:source_count]]
-                base = flats[-1].view(task.info.shape) if plan.base is not None else None
-                whole = _merge(plan, task, sources, base, None).reshape(-1)
-            buffer = buffers.setdefault(dtype, torch.empty(CHUNK_ELEMENTS, dtype=dtype))
+            if elementwise:
+                dtype, accumulator_dtype = task.info.dtype, methods.accumulator_dtype(task.info.dtype)
+                if dtype not in input_buffers:
+                    input_buffers[dtype] = [torch.empty(CHUNK_ELEMENTS, dtype=dtype) for _ in readers]
+                if accumulator_dtype not in accumulators:
+                    accumulators[accumulator_dtype] = torch.empty(CHUNK_ELEMENTS, dtype=accumulator_dtype)
+                slices = _merged_slices(plan, task, readers, input_buffers[dtype], accumulators[accumulator_dtype])
+            else:
+                slices = _slices_of_whole_merge(plan, task, readers)
             block = block_name(key)
-            for start in range(0, numel, CHUNK_ELEMENTS):
-                stop = min(start + CHUNK_ELEMENTS, numel)
-                chunks = [flat[start:stop] for flat in flats]
-                if whole is None:
-                    base = chunks[-1] if plan.base is not None else None
-                    merged = _merge(plan, task, chunks[:source_count], base, buffer[: stop - start])
-                else:
-                    merged = whole[start:stop]
-                stats.add(
-                    block,
-                    *_chunk_statistics(list(zip((label for label, _ in labelled), chunks)), merged, key, source_count),
-                )
+            for chunks, merged in slices:
+                stats.add(block, *_chunk_statistics(list(zip(labels, chunks)), merged, key, source_count))
                 yield task, merged.to(task.out_dtype)
-            del whole
-        del flats
-        for _, source in labelled:
-            source.reader.release(key)
+            del slices  # drops a whole-tensor merge before the pages are released
+        for reader in readers:
+            reader.release(key)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,20 +54,20 @@ class FinetuneResult:
         return f"trained {self.steps} steps on {self.num_rows} rows; loss {first} -> {last}; written to {self.out_dir}"
 
 
-def _load_model_and_tokenizer(model_id: str) -> tuple[Any, Any]:
+def _load_model_and_tokenizer(model_id: str, token: str | None) -> tuple[Any, Any]:
     from transformers import AutoModel, AutoTokenizer
 
     import hf_tts  # noqa: F401  (registers the model types)
     from hf_tts.flow_matching import FlowMatchingTTSModel
 
     try:
-        model = AutoModel.from_pretrained(model_id, dtype=torch.float32)
+        model = AutoModel.from_pretrained(model_id, dtype=torch.float32, token=token)
     except (OSError, ValueError) as error:
         raise InputError(f"cannot load the model {model_id!r}: {str(error).strip().splitlines()[0]}") from error
     tokenizer = None
     if isinstance(model, FlowMatchingTTSModel):
         try:
-            tokenizer = AutoTokenizer.from_pretrained(model_id)
+            tokenizer = AutoTokenizer.from_pretrained(model_id, token=token)
         except (OSError, ValueError) as error:
             raise InputError(
                 f"cannot load the tokenizer of {model_id!r} (a model folder needs its vocab.txt): "
@@ -101,6 +102,25 @@ def _load_rows(data: str | os.PathLike) -> Any:
 
 def _is_local(model_id: str) -> bool:
     return Path(model_id).exists()
+
+
+def _base_weight_sources(model_id: str, token: str | None) -> list[Any]:
+    """Provenance of the starting weights for the card: the default (non-variant) weight files `from_pretrained`
+    read, hashed; for a Hub repo, from the cached snapshot of the commit it loaded (named with its sha)."""
+    folder = Path(model_id)
+    revision = None
+    if not _is_local(model_id):
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(model_id, allow_patterns=["model*.safetensors"], token=token))
+        revision = folder.name
+    weights = [
+        path
+        for path in sorted(folder.glob("model*.safetensors"))
+        if path.name == "model.safetensors" or re.fullmatch(r"model-\d+-of-\d+\.safetensors", path.name)
+    ]
+    where = {"name": model_id if revision is None else f"{model_id}@{revision}"}
+    return [where, *weights]
 
 
 def finetune(
@@ -175,7 +195,8 @@ def finetune(
         raise InputError("resuming needs the checkpoint folder (--checkpoint-dir) and --save-steps > 0")
 
     dataset = data if not isinstance(data, (str, os.PathLike)) else _load_rows(data)
-    model, tokenizer = _load_model_and_tokenizer(model_id)
+    model, tokenizer = _load_model_and_tokenizer(model_id, token)
+    base_sources = _base_weight_sources(str(Path(model_id).absolute()) if _is_local(model_id) else model_id, token)
     added_tokens: list[str] = []
     if isinstance(model, FlowMatchingTTSModel):
         if extend_vocab:
@@ -246,7 +267,7 @@ def finetune(
     with atomic_output_dir(out_dir, overwrite=overwrite) as staging:
         save_trained_model(staging, trainer.model, ema=ema, tokenizer=tokenizer)
         (staging / TRAINING_LOG_NAME).write_text(json.dumps(trainer.state.log_history, indent=2), encoding="utf-8")
-        _write_card(staging, out_dir.name, model_id, data, result, trainer, ema, batch_frames or None)
+        _write_card(staging, out_dir.name, model_id, data, result, trainer, ema, batch_frames or None, base_sources)
     if push_to_hub:
         from hf_tts.hub.push import push_folder
 
@@ -255,7 +276,15 @@ def finetune(
 
 
 def _write_card(
-    folder: Path, out_name: str, model_id: str, data: Any, result: FinetuneResult, trainer, ema, batch_frames
+    folder: Path,
+    out_name: str,
+    model_id: str,
+    data: Any,
+    result: FinetuneResult,
+    trainer,
+    ema,
+    batch_frames,
+    base_sources: list[Any],
 ) -> None:
     from hf_tts.hub.cards import write_model_card
     from hf_tts.training.trainer import ONLINE_VARIANT
@@ -282,7 +311,7 @@ def _write_card(
         config=trainer.model.config,
         base_model=None if local else model_id,
         base_model_relation=None if local else "finetune",
-        sources=[{"name": str(Path(model_id).absolute()) if local else model_id}],
+        sources=base_sources,
         model_id=f"./{out_name}",
         extra_context={"training": training},
     )

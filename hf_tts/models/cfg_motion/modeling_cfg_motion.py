@@ -56,13 +56,22 @@ def keep_mask(cond_drop_prob: float | torch.Tensor, batch_size: int, device: tor
     return torch.rand(batch_size, device=device) < 1 - drop
 
 
-def check_frame_inputs(
-    config: CFGMotionConfig, batch: int, frames: int, keyframes: torch.Tensor | None, mask: torch.Tensor | None
-) -> None:
-    """Raise an InputError unless `mask` is (batch, frames) and `keyframes` (body models) is
-    (batch, ceil(frames / keyframe_stride), nfeats)."""
-    if mask is not None and tuple(mask.shape) != (batch, frames):
-        raise InputError(f"mask must be (batch, frames) = ({batch}, {frames}), got shape {tuple(mask.shape)}")
+def frame_mask(mask: torch.Tensor | None, batch: int, frames: int) -> torch.Tensor | None:
+    """The (batch, frames) valid-frame mask, from that shape or upstream's (batch, 1, 1, frames) MDM layout."""
+    if mask is None:
+        return None
+    if mask.dim() == 4 and mask.shape[1:3] == (1, 1):
+        mask = mask[:, 0, 0]
+    if tuple(mask.shape) != (batch, frames):
+        raise InputError(
+            f"mask must be (batch, frames) = ({batch}, {frames}) (or upstream's (batch, 1, 1, frames)), got shape "
+            f"{tuple(mask.shape)}"
+        )
+    return mask
+
+
+def check_keyframes(config: CFGMotionConfig, batch: int, frames: int, keyframes: torch.Tensor | None) -> None:
+    """Raise an InputError unless `keyframes` (body models) is (batch, ceil(frames / keyframe_stride), nfeats)."""
     if keyframes is None:
         return
     if not config.use_keyframes:
@@ -131,15 +140,19 @@ class CFGMotionDenoiser(nn.Module):
     def _check_inputs(
         self,
         x: torch.Tensor,
-        timesteps: torch.Tensor,
+        timesteps: torch.Tensor | int,
         cond_features: torch.Tensor,
         keyframes: torch.Tensor | None,
         mask: torch.Tensor | None,
-    ) -> None:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Raise an InputError on inconsistent inputs; return the (B,) timesteps and the (B, T) mask."""
         config = self.config
         if x.dim() != 3 or x.shape[-1] != config.nfeats:
             raise InputError(f"x must be (batch, frames, {config.nfeats}) motion, got shape {tuple(x.shape)}")
         batch, frames = x.shape[:2]
+        timesteps = torch.as_tensor(timesteps, device=x.device)
+        if timesteps.dim() == 0:
+            timesteps = timesteps.expand(batch)
         if cond_features.dim() != 3 or cond_features.shape[-1] != config.cond_feature_dim:
             raise InputError(
                 f"cond_features must be (batch, length, {config.cond_feature_dim}), got shape "
@@ -150,17 +163,22 @@ class CFGMotionDenoiser(nn.Module):
                 f"batch sizes differ: x has {batch}, cond_features {cond_features.shape[0]}, timesteps "
                 f"{tuple(timesteps.shape)} (expected ({batch},))"
             )
+        if bool(((timesteps < 0) | (timesteps >= config.diffusion_steps)).any()):
+            raise InputError(
+                f"timesteps must be diffusion steps in [0, {config.diffusion_steps}), got {timesteps.tolist()}"
+            )
         if cond_features.shape[1] > config.max_cond_len:
             raise InputError(
                 f"cond_features has {cond_features.shape[1]} frames but the denoiser takes at most max_cond_len="
                 f"{config.max_cond_len}; use generate(), which splits long conditioning into windows"
             )
-        check_frame_inputs(config, batch, frames, keyframes, mask)
+        check_keyframes(config, batch, frames, keyframes)
         if config.use_keyframes and frames > config.max_window_frames:
             raise InputError(
                 f"{frames} frames need more than max_keyframes={config.max_keyframes} keyframe slots; use generate(), "
                 "which splits long sequences into windows"
             )
+        return timesteps, frame_mask(mask, batch, frames)
 
     def _keyframe_tokens(
         self,
@@ -177,7 +195,8 @@ class CFGMotionDenoiser(nn.Module):
             return null_tokens
         if mask is not None:
             # Keyframes inside padding are unknown: zero them as upstream does (without editing the caller's tensor).
-            keyframes = keyframes * mask[:, :: self.config.keyframe_stride, None].to(keyframes.dtype)
+            known = mask[:, :: self.config.keyframe_stride, None].bool()
+            keyframes = torch.where(known, keyframes, torch.zeros((), dtype=keyframes.dtype, device=keyframes.device))
         tokens = self.keyframe_norm(self.keyframe_projection(keyframes))
         keep = keep_mask(cond_drop_prob, batch, reference.device)
         return torch.where(keep[:, None, None], tokens, null_tokens)
@@ -197,17 +216,17 @@ class CFGMotionDenoiser(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        timesteps: torch.Tensor,
+        timesteps: torch.Tensor | int,
         cond_features: torch.Tensor,
         keyframes: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         cond_drop_prob: float | torch.Tensor = 0.0,
     ) -> torch.Tensor:
-        """Predicted x0 (B, T, nfeats) from noisy motion x (B, T, nfeats), original diffusion steps (B,),
-        conditioning (B, L, cond_feature_dim), body keyframes (B, ceil(T / stride), nfeats) and a (B, T) bool mask of
-        valid frames. `cond_drop_prob` (a float or per-sample (B,) tensor) replaces the conditioning by the null
-        embeddings: 0 = conditional, 1 = unconditional."""
-        self._check_inputs(x, timesteps, cond_features, keyframes, mask)
+        """Predicted x0 (B, T, nfeats) from noisy motion x (B, T, nfeats), original diffusion steps (B,) (or one step
+        for the whole batch), conditioning (B, L, cond_feature_dim), body keyframes (B, ceil(T / stride), nfeats) and
+        a (B, T) bool mask of valid frames. `cond_drop_prob` (a float or per-sample (B,) tensor) replaces the
+        conditioning by the null embeddings: 0 = conditional, 1 = unconditional."""
+        timesteps, mask = self._check_inputs(x, timesteps, cond_features, keyframes, mask)
         batch, frames = x.shape[:2]
         hidden = self.input_projection(x)
         keep = keep_mask(cond_drop_prob, batch, x.device)
@@ -434,6 +453,7 @@ class CFGMotionModel(CFGMotionPreTrainedModel):
             raise InputError(f"motion must be (batch, frames, {self.config.nfeats}), got shape {tuple(motion.shape)}")
         batch, frames = motion.shape[:2]
         cond, commitment, _ = self.encode_conditioning(cond_features, audio)
+        mask = frame_mask(mask, batch, frames)
         if mask is None:
             mask = torch.ones(batch, frames, dtype=torch.bool, device=motion.device)
         if self.config.use_keyframes and keyframes is None:
@@ -460,6 +480,8 @@ class CFGMotionModel(CFGMotionPreTrainedModel):
             scales = scales.expand(batch)
         if scales.numel() != batch:
             raise InputError(f"guidance_scale has {scales.numel()} values for a batch of {batch}")
+        if not bool(scales.isfinite().all()):
+            raise InputError(f"guidance_scale must be finite, got {scales.tolist()}")
         if bool((scales < 0).any()):
             raise InputError(f"guidance_scale must be >= 0, got {scales.tolist()}")
         return scales
@@ -573,8 +595,12 @@ class CFGMotionModel(CFGMotionPreTrainedModel):
             latents = torch.randn(shape, generator=generator, device=cond.device, dtype=cond.dtype)
         elif tuple(latents.shape) != shape:
             raise InputError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
-        check_frame_inputs(config, batch, num_frames, keyframes, mask)
-        schedule = self.schedule.respaced(num_inference_steps or config.num_inference_steps)
+        mask = frame_mask(mask, batch, num_frames)
+        check_keyframes(config, batch, num_frames, keyframes)
+        steps = config.num_inference_steps if num_inference_steps is None else num_inference_steps
+        if steps <= 0:
+            raise InputError(f"num_inference_steps must be >= 1, got {steps}")
+        schedule = self.schedule.respaced(steps)
         eta = config.ddim_eta if eta is None else eta
 
         if cond.shape[1] <= config.max_cond_len and num_frames <= config.max_window_frames:
