@@ -171,3 +171,12 @@ def test_converted_f5_folder_has_a_card_with_source_hashes(tmp_path):
     assert f"sha256 `{sha256_file(source / 'model_ema.safetensors')}`" in card.text
     assert f"sha256 `{sha256_file(vocab)}`" in card.text
     assert 'model_id = "./f5-conv"' in card.text
+
+
+def test_a_carried_vocoder_shows_as_dotted_rows():
+    config = tiny_f5_config(mel_dim=100, vocoder_config=VocosConfig(dim=16, num_layers=1).to_dict())
+    text = str(render_model_card(kind="f5", config=config))
+    assert "| `vocoder_config.dim` | `16` |" in text and "| `vocoder_config.num_layers` | `1` |" in text
+    assert "| `vocoder_config` |" not in text  # no dict dumped into one cell
+    assert "vocoder_config.freeze_quantizer" not in text and "vocoder_config.transformers_version" not in text
+    assert "the folder alone gives speech" in text

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -211,6 +213,34 @@ def test_existing_output_needs_overwrite(folders, tmp_path):
     assert not (out / "keep.txt").exists() and (out / "model.safetensors").exists()
 
 
+def test_ctrl_c_mid_merge_leaves_nothing(folders, tmp_path, monkeypatch):
+    """A KeyboardInterrupt while tensors stream out removes the temporary folder; an existing --out being replaced
+    (--overwrite) stays as it was, and the inputs are untouched."""
+    import hf_tts.merge.methods as methods
+
+    before = {folder.name: tree_sha256(folder) for folder in folders[:2]}
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return linear(*args, **kwargs)
+
+    linear = methods.linear
+    monkeypatch.setattr(methods, "linear", interrupted)
+    for target, overwrite in ((tmp_path / "new", False), (out, True)):
+        calls.clear()
+        with pytest.raises(KeyboardInterrupt):
+            hf_tts.merge(folders[:2], out_dir=target, overwrite=overwrite)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert {folder.name: tree_sha256(folder) for folder in folders[:2]} == before
+
+
 def test_dry_run_writes_nothing(folders, tmp_path):
     path, report = hf_tts.merge(folders[:2], out_dir=tmp_path / "out", dry_run=True)
     assert path is None and not (tmp_path / "out").exists()
@@ -290,9 +320,11 @@ def test_integer_buffers_copied_when_equal_refused_when_not(folders, tmp_path):
     assert output["backbone.step"].dtype == torch.int64 and output["backbone.step"].item() == 5
     assert output["backbone.initted"].dtype == torch.bool and output["backbone.initted"].item() is True
     with pytest.raises(
-        CheckpointMismatchError, match=r"integer/bool buffers differ .*backbone\.step \(source 1 .* 5 vs source 3"
+        CheckpointMismatchError,
+        match=r"integer/bool buffer 'backbone\.step' differs between source 1 .* and source 3 .* \(5 vs 6\)",
     ):
         hf_tts.merge([sources[0], sources[1], sources[2]], out_dir=tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
 
 
 def test_nan_refused_and_nothing_written(folders, tmp_path):
@@ -317,20 +349,49 @@ def test_missing_source_is_clear(tmp_path, folders):
         hf_tts.merge([folders[0], tmp_path / "nope" / "x"], out_dir=tmp_path / "out")
 
 
-def test_config_from_and_vocoder_copy(folders, tmp_path):
+def test_config_from_takes_config_and_processing_files(folders, tmp_path):
     donor = make_f5_folder(tmp_path / "donor", 9, cfg_strength=3.5)  # a sampling default, not a structural field
-    sources = []
-    for index in range(2):
-        folder = make_f5_folder(tmp_path / f"v{index}", index)
-        (folder / "vocoder").mkdir()
-        (folder / "vocoder" / "config.json").write_text('{"model_type": "hf_tts_vocos"}')
-        sources.append(folder)
-    path, _ = hf_tts.merge(sources, out_dir=tmp_path / "out", config_from=donor)
+    path, _ = hf_tts.merge(folders[:2], out_dir=tmp_path / "out", config_from=donor)
     assert AutoModel.from_pretrained(path).config.cfg_strength == 3.5
-    assert (path / "vocoder" / "config.json").read_text() == '{"model_type": "hf_tts_vocos"}'
-    (sources[1] / "vocoder" / "config.json").write_text('{"model_type": "other"}')
-    with pytest.raises(CheckpointMismatchError, match="vocoder folders of source 1 .* and source 2"):
-        hf_tts.merge(sources, out_dir=tmp_path / "bad")
+
+
+def test_speech_folders_keep_processor_and_vocoder(tmp_path):
+    """Converted F5 folders carrying a Vocos vocoder and processor_config.json: the vocoder tensors are copied byte
+    for byte (never averaged), the backbone is averaged, the processor files come along so the pipeline loads the
+    merge; a differing vocoder or processor setting is refused naming both sources, and nothing is written."""
+    from speech_fixtures import f5_dir
+    from transformers import pipeline
+
+    first = tmp_path / "first"
+    shutil.copytree(f5_dir(), first)
+    second = tmp_path / "second"
+    shutil.copytree(first, second)
+    rewrite_weights(second, lambda state: [v.add_(0.5) for k, v in state.items() if k.startswith("backbone.")])
+    path, report = hf_tts.merge([first, second], out_dir=tmp_path / "out")
+    output, a, b = weights(path), weights(first), weights(second)
+    vocoder_keys = [key for key in a if key.startswith("vocoder.")]
+    assert vocoder_keys and all(torch.equal(output[key], a[key]) for key in vocoder_keys)
+    assert {task.key for task in report.plan.tasks if not task.merged} == set(vocoder_keys)
+    _assert_close(output, {k: (a[k].double().numpy() + b[k].double().numpy()) / 2 for k in a if k not in vocoder_keys})
+    for name in ("processor_config.json", "tokenizer_config.json", "vocab.txt", "generation_config.json"):
+        assert (path / name).read_bytes() == (first / name).read_bytes(), name
+    assert type(pipeline("zero-shot-text-to-speech", model=str(path)).processor).__name__ == "F5Processor"
+
+    rewrite_weights(second, lambda state: state[vocoder_keys[0]].add_(1e-3))
+    with pytest.raises(CheckpointMismatchError, match=r"vocoders of source 1 .*first.* and source 2 .*second.* differ"):
+        hf_tts.merge([first, second], out_dir=tmp_path / "bad")
+    rewrite_weights(second, lambda state: state.update({k: a[k] for k in vocoder_keys}))
+    processor = json.loads((second / "processor_config.json").read_text())
+    processor["feature_extractor"]["target_rms"] = 0.2
+    (second / "processor_config.json").write_text(json.dumps(processor))
+    with pytest.raises(
+        CheckpointMismatchError, match=r"processor_config.json of source 1 .* and source 2 .*target_rms: 0.1 vs 0.2"
+    ):
+        hf_tts.merge([first, second], out_dir=tmp_path / "bad")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first", "out", "second"]
+    # --config-from decides which processor settings the merge carries.
+    chosen, _ = hf_tts.merge([first, second], out_dir=tmp_path / "chosen", config_from=second)
+    assert json.loads((chosen / "processor_config.json").read_text())["feature_extractor"]["target_rms"] == 0.2
 
 
 def test_hf_tts_merge_is_callable_and_importable():

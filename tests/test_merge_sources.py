@@ -117,6 +117,8 @@ def test_upstream_f5_sources_converted_on_the_fly(tmp_path):
     model = hf_tts.F5TTSModel.from_pretrained(path, dtype=torch.float32)
     assert model.config.architecture == hf_tts.F5TTSModel.from_pretrained(path).config.architecture
     assert (path / "vocab.txt").read_bytes() == vocab.read_bytes()
+    # The processor `hf-tts convert f5` writes comes along, so the pipeline loads the merge with its own settings.
+    assert json.loads((path / "processor_config.json").read_text())["processor_class"] == "F5Processor"
     # v0 and v1 share every weight name and shape, yet are refused. Upstream files carry no config (one --arch
     # describes them all), so the v0 model comes as a converted folder, which records its architecture.
     v0 = upstream_fixture("f5_v0_tiny")

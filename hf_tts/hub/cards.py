@@ -67,14 +67,27 @@ def available_kinds() -> list[str]:
 
 
 def _architecture_rows(config: PreTrainedConfig) -> list[tuple[str, Any]]:
-    """(field, value) of every model field of `config`: the transformers bookkeeping keys and the flags are left out."""
+    """(field, value) of every model field of `config`: the transformers bookkeeping keys and the flags are left out.
+    Sub-configs (a carried vocoder, an audio encoder) become dotted rows (`vocoder_config.dim`), one value a row."""
     bookkeeping = set(PreTrainedConfig().to_dict())
-    rows = []
-    for key, value in config.to_dict().items():
-        if key in bookkeeping or key in _FLAG_KEYS or key.startswith("_"):
-            continue
-        rows.append((key, value))
-    return rows
+
+    def rows(fields: Mapping[str, Any], prefix: str) -> list[tuple[str, Any]]:
+        found = []
+        for key, value in fields.items():
+            # the top-level flags have their own table; a sub-config's init/freeze flags say nothing about it
+            if (
+                key in bookkeeping
+                or key.startswith("_")
+                or (key in _FLAG_KEYS and (not prefix or key != "architecture"))
+            ):
+                continue
+            if isinstance(value, Mapping):
+                found += rows(value, f"{prefix}{key}.")
+            else:
+                found.append((f"{prefix}{key}", value))
+        return found
+
+    return rows(config.to_dict(), "")
 
 
 def _flags(config: PreTrainedConfig) -> list[tuple[str, Any]]:

@@ -174,11 +174,16 @@ def merge(
     ):
         hashes = {spec: {path.name: pool.submit(sha256_file, path) for path in paths} for spec, paths in files.items()}
         stats = DistanceStats(len(plan.sources))
-        with single_torch_thread():
-            if plan.layout == "xtts":
-                written = [write.write_xtts_weights(plan, staging, stats)]
-            else:
-                written = write.write_weight_shards(plan, staging, stats, plan.shards)
+        try:
+            with single_torch_thread():
+                if plan.layout == "xtts":
+                    written = [write.write_xtts_weights(plan, staging, stats)]
+                else:
+                    written = write.write_weight_shards(plan, staging, stats, plan.shards)
+        except BaseException:
+            # An error or Ctrl-C: do not hash the remaining inputs before the staging folder is removed.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
         write.copy_companion_files(plan, staging)
         report.bytes_written = sum(path.stat().st_size for path in written)
         report.distances = stats.distances()

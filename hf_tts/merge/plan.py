@@ -1,4 +1,4 @@
-"""Recipe -> validated plan, reading headers only (plus the small integer/bool buffers, which must agree).
+"""Recipe -> validated plan, reading headers only (plus the integer/bool buffers and vocoder, which must agree).
 
 The plan is everything the stream and the writer need: the opened sources, per-tensor weights (layer rules
 applied), output dtypes and the shard layout. Every check runs here, before any output byte exists; `--dry-run`
@@ -8,6 +8,7 @@ prints `MergePlan.describe()` and stops. NaN/Inf can only be seen in the tensor 
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field, fields
@@ -19,7 +20,14 @@ import yaml
 
 from hf_tts.errors import CheckpointMismatchError, InputError
 from hf_tts.merge.methods import BASE_METHODS, DEFAULT_NORMALIZE, METHODS
-from hf_tts.merge.sources import MergeSource, SourceOptions, TensorInfo, open_source
+from hf_tts.merge.sources import (
+    PROCESSING_FILES,
+    VOCODER_PREFIX,
+    MergeSource,
+    SourceOptions,
+    TensorInfo,
+    open_source,
+)
 
 OUTPUT_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -170,7 +178,7 @@ class TensorTask:
     key: str
     info: TensorInfo  # shape and dtype in every source
     out_dtype: torch.dtype
-    merged: bool  # False: an integer/bool buffer every source agrees on, copied from the first
+    merged: bool  # False: an integer/bool buffer or vocoder tensor every source agrees on, copied from the first
     weights: tuple[float, ...]
     rule: str | None  # the layer rule that set the weights, None for the global weights
 
@@ -218,17 +226,50 @@ class MergePlan:
             lines.append(f"  layer rule {rule.pattern!r}: weights {rule.weights} on {matched} tensors")
         copied = [task.key for task in self.tasks if not task.merged]
         lines.append(
-            f"  {len(self.tasks)} tensors ({len(self.tasks) - len(copied)} merged, {len(copied)} integer/bool "
-            f"buffers copied), {self.total_bytes / 1e6:.1f} MB in {len(self.shards)} shard(s)"
+            f"  {len(self.tasks)} tensors ({len(self.tasks) - len(copied)} merged, {len(copied)} copied unchanged: "
+            f"integer/bool buffers and vocoder), {self.total_bytes / 1e6:.1f} MB in {len(self.shards)} shard(s)"
         )
         lines.append(f"  config from: {self.donor.spec}")
         return "\n".join(lines)
 
 
-def _differences(first: dict[str, Any], other: dict[str, Any]) -> list[str]:
-    keys = sorted(set(first) | set(other))
-    return [f"{key}: {first.get(key, '<missing>')!r} vs {other.get(key, '<missing>')!r}" for key in keys
-            if first.get(key, "<missing>") != other.get(key, "<missing>")]  # fmt: skip
+def _differences(first: dict[str, Any], other: dict[str, Any], prefix: str = "") -> list[str]:
+    """`field: first vs other` for each differing field; nested configs (the vocoder's) are compared field by field,
+    and a nested config only one side has is shown as `{...}`."""
+    differences = []
+    for key in sorted(set(first) | set(other)):
+        mine, theirs = first.get(key, "<missing>"), other.get(key, "<missing>")
+        if isinstance(mine, dict) and isinstance(theirs, dict):
+            differences.extend(_differences(mine, theirs, f"{prefix}{key}."))
+        elif mine != theirs:
+            shown = ["{...}" if isinstance(value, dict) else repr(value) for value in (mine, theirs)]
+            differences.append(f"{prefix}{key}: {shown[0]} vs {shown[1]}")
+    return differences
+
+
+def _json_file(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise InputError(f"{path} is not a readable JSON file: {error}") from error
+
+
+def _check_processing_files(first_label: str, reference: MergeSource, label: str, source: MergeSource) -> None:
+    """Tokenizer / processor settings both folders have must agree: the merge can carry only one of them."""
+    if reference.folder is None or source.folder is None:
+        return
+    for name in PROCESSING_FILES:
+        mine, theirs = reference.folder / name, source.folder / name
+        if not (mine.is_file() and theirs.is_file()):
+            continue
+        mine, theirs = _json_file(mine), _json_file(theirs)
+        if mine != theirs:
+            both_mappings = isinstance(mine, dict) and isinstance(theirs, dict)
+            differences = _differences(mine, theirs) if both_mappings else [f"{mine!r} vs {theirs!r}"]
+            raise CheckpointMismatchError(
+                f"{name} of {first_label} and {label} differ ({'; '.join(differences[:SHOWN_DIFFERENCES])}); pass "
+                "--config-from SRC to take the tokenizer and processor settings from one source"
+            )
 
 
 def _check_weights(recipe: MergeRecipe) -> None:
@@ -265,8 +306,11 @@ def _check_weights(recipe: MergeRecipe) -> None:
 
 
 def _check_agreement(
-    reference: MergeSource, others: list[tuple[str, MergeSource]], allow_config_mismatch: bool, vocoder: bool = True
-):
+    reference: MergeSource,
+    others: list[tuple[str, MergeSource]],
+    allow_config_mismatch: bool,
+    processing_files: bool = True,
+) -> None:
     first_label = f"source 1 ({reference.spec})"
     for label, source in others:
         if source.family != reference.family:
@@ -287,11 +331,8 @@ def _check_agreement(
                 f"{label} ({', '.join(sorted(source.vocab_files)) or 'none'}) differ: token ids would not line up, "
                 "so the text embeddings cannot be averaged"
             )
-        if vocoder and reference.vocoder_sha256 != source.vocoder_sha256:
-            raise CheckpointMismatchError(
-                f"the vocoder folders of {first_label} and {label} differ (or only one has one); merge the "
-                "vocoders separately or remove the differing one"
-            )
+        if processing_files:
+            _check_processing_files(first_label, reference, label, source)
         infos, reference_infos = source.reader.infos(), reference.reader.infos()
         missing = sorted(set(reference_infos) - set(infos))
         extra = sorted(set(infos) - set(reference_infos))
@@ -314,22 +355,27 @@ def _check_agreement(
                 )
 
 
-def _check_buffers_agree(labelled: list[tuple[str, MergeSource]], keys: list[str]) -> None:
-    """Integer/bool buffers (step counters, `initted`, codebook sizes) are copied, never averaged: all must agree."""
-    differing = []
+def _check_copies_agree(labelled: list[tuple[str, MergeSource]], keys: list[str]) -> None:
+    """Integer/bool buffers (step counters, `initted`, codebook sizes) and the vocoder are copied, never averaged:
+    every source must hold the same values. Pages are handed back after each key (the vocoder is tens of MB)."""
     reference_label, reference = labelled[0]
     for key in keys:
         first = reference.reader.tensor(key)
         for label, source in labelled[1:]:
-            if not torch.equal(first, source.reader.tensor(key)):
-                differing.append(f"{key} ({reference_label} {first.tolist() if first.numel() < 5 else '...'} vs "
-                                 f"{label} {source.reader.tensor(key).tolist() if first.numel() < 5 else '...'})")  # fmt: skip
-                break
-    if differing:
-        raise CheckpointMismatchError(
-            f"integer/bool buffers differ between sources and are never averaged: {'; '.join(differing[:SHOWN_DIFFERENCES])}"
-            ". Make them equal in the inputs (or drop them) before merging"
-        )
+            other = source.reader.tensor(key)
+            if not torch.equal(first, other):
+                values = f"{first.tolist()} vs {other.tolist()}" if first.numel() < 5 else "values differ"
+                if key.startswith(VOCODER_PREFIX):
+                    raise CheckpointMismatchError(
+                        f"the vocoders of {reference_label} and {label} differ (tensor {key!r}): a vocoder is copied, "
+                        "never averaged; attach the same vocoder to every source (hf-tts attach-vocoder) first"
+                    )
+                raise CheckpointMismatchError(
+                    f"integer/bool buffer {key!r} differs between {reference_label} and {label} ({values}); such "
+                    "buffers are copied, never averaged. Make them equal in the inputs (or drop them) before merging"
+                )
+        for _, source in labelled:
+            source.reader.release(key)
 
 
 def _parse_shard_size(value: str | int) -> int:
@@ -370,13 +416,13 @@ def build_plan(recipe: MergeRecipe, *, trust_pickle: bool = False, token: str | 
     labelled = [(f"source {index + 1} ({source.spec})", source) for index, source in enumerate(sources)]
     if base is not None:
         labelled.append((f"base ({base.spec})", base))
-    _check_agreement(sources[0], labelled[1:], recipe.allow_config_mismatch)
+    _check_agreement(sources[0], labelled[1:], recipe.allow_config_mismatch, recipe.config_from is None)
     donor = sources[0]
     if recipe.config_from is not None:
         donor = open_source(recipe.config_from, options)
         # The donor gives config and tokenizer only; the vocoder comes from the (agreeing) sources.
         _check_agreement(
-            sources[0], [(f"--config-from ({donor.spec})", donor)], recipe.allow_config_mismatch, vocoder=False
+            sources[0], [(f"--config-from ({donor.spec})", donor)], recipe.allow_config_mismatch, processing_files=False
         )
 
     infos = sources[0].reader.infos()
@@ -385,7 +431,7 @@ def build_plan(recipe: MergeRecipe, *, trust_pickle: bool = False, token: str | 
     tasks, copied = [], []
     for key in sorted(infos):
         info = infos[key]
-        if not info.dtype.is_floating_point:
+        if not info.dtype.is_floating_point or key.startswith(VOCODER_PREFIX):
             copied.append(key)
             tasks.append(TensorTask(key, info, info.dtype, False, (), None))
             continue
@@ -398,7 +444,7 @@ def build_plan(recipe: MergeRecipe, *, trust_pickle: bool = False, token: str | 
             f"--layer-weights {unused[0]!r} matches no floating-point tensor (nor is it reached before an earlier "
             f"rule); tensor names look like {next(iter(sorted(infos)))!r}"
         )
-    _check_buffers_agree(labelled, copied)
+    _check_copies_agree(labelled, copied)
     return MergePlan(
         recipe=recipe,
         sources=sources,

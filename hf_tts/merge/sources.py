@@ -34,7 +34,7 @@ import torch
 from transformers.utils import logging
 
 from hf_tts.errors import InputError
-from hf_tts.file_utils import load_torch_checkpoint, sha256_file
+from hf_tts.file_utils import load_torch_checkpoint
 
 logger = logging.get_logger(__name__)
 
@@ -54,15 +54,20 @@ WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 # Files that define the text vocabulary of a package folder; they must be byte-identical across merged sources.
 VOCAB_FILES = ("vocab.txt", "vocab.json", "tokenizer.json")
-# Tokenizer files copied from the config donor (after the vocabulary check).
-TOKENIZER_FILES = (*VOCAB_FILES, "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
-# A vocoder shipped inside a package folder; it must be identical across sources and is copied as is.
-VOCODER_DIR = "vocoder"
+# Tokenizer and processor settings (JSON) of a package folder: sources that both have one must agree on it, unless
+# --config-from names the donor; the donor's copy is written with the merge.
+PROCESSING_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "processor_config.json")
+# Copied from the config donor as they are.
+COMPANION_FILES = (*VOCAB_FILES, *PROCESSING_FILES, "generation_config.json")
+# Weights of the Vocos vocoder an F5/E2 folder carries (`SpeechSynthesisMixin.vocoder`): never averaged, they must be
+# identical in every source and are copied.
+VOCODER_PREFIX = "vocoder."
 # Config keys that do not change what the weights mean (sampling defaults, training regularisation, bookkeeping):
 # sources may differ in them and the config donor's values are kept.
 NON_STRUCTURAL_CONFIG_KEYS = frozenset(
     {
         "transformers_version",
+        "architectures",  # the class name list save_pretrained writes; model_type is compared
         "dtype",
         "torch_dtype",
         "_name_or_path",
@@ -298,17 +303,6 @@ class MergeSource:
     @property
     def family(self) -> str:
         return "xtts" if self.kind == "xtts" else str(self.config.get("model_type", "unknown"))
-
-    @property
-    def vocoder_sha256(self) -> str | None:
-        """Hash of the `vocoder/` folder shipped beside the weights (names and contents), None without one."""
-        vocoder = self.folder / VOCODER_DIR if self.folder is not None else None
-        if vocoder is None or not vocoder.is_dir():
-            return None
-        digest = hashlib.sha256()
-        for path in sorted(p for p in vocoder.rglob("*") if p.is_file()):
-            digest.update(str(path.relative_to(vocoder)).encode() + b"\0" + sha256_file(path).encode())
-        return digest.hexdigest()
 
     @property
     def vocab_sha256(self) -> str | None:

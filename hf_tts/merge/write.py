@@ -19,8 +19,7 @@ import torch
 
 from hf_tts.merge.plan import MergePlan
 from hf_tts.merge.sources import (
-    TOKENIZER_FILES,
-    VOCODER_DIR,
+    COMPANION_FILES,
     WEIGHTS_INDEX_NAME,
     WEIGHTS_NAME,
     MappedSafetensors,
@@ -114,8 +113,9 @@ def write_xtts_weights(plan: MergePlan, folder: Path, stats: DistanceStats) -> P
 
 
 def copy_companion_files(plan: MergePlan, folder: Path) -> None:
-    """Config (dtype updated when --dtype changed it) and tokenizer / vocab (or XTTS sidecar files) from the config
-    donor; the vocoder folder from the first source (the plan checked that every source has the same one)."""
+    """Config (dtype updated when --dtype changed it), tokenizer / vocab, processor and generation settings (or the
+    XTTS sidecar files) from the config donor; the plan checked that the sources agree on them. An upstream
+    checkpoint donor gets the processor `hf-tts convert f5` would write, so the pipeline loads the merge as it is."""
     donor = plan.donor
     if plan.layout == "xtts":
         for name in XTTS_SIDECARS:
@@ -128,19 +128,16 @@ def copy_companion_files(plan: MergePlan, folder: Path) -> None:
         config["dtype"] = plan.recipe.dtype
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     if donor.folder is None:
+        from hf_tts.processing import F5FeatureExtractor, F5Processor
         from hf_tts.tokenization_f5 import F5Tokenizer
 
-        tokenizer = F5Tokenizer(
-            str(donor.vocab_files["vocab.txt"]), tokenizer_type=config.get("tokenizer_type", "pinyin")
-        )
-        tokenizer.save_pretrained(folder)
+        tokenizer = F5Tokenizer(str(donor.vocab_files["vocab.txt"]), tokenizer_type=config["tokenizer_type"])
+        extractor = F5FeatureExtractor(sampling_rate=config["sampling_rate"], hop_length=config["hop_length"])
+        F5Processor(extractor, tokenizer).save_pretrained(folder)
         return
-    for name in TOKENIZER_FILES:
+    for name in COMPANION_FILES:
         if (donor.folder / name).is_file():
             shutil.copyfile(donor.folder / name, folder / name)
-    first = plan.sources[0].folder
-    if first is not None and (first / VOCODER_DIR).is_dir():
-        shutil.copytree(first / VOCODER_DIR, folder / VOCODER_DIR)
 
 
 def plot_distances(distances: dict[str, list[float]], labels: list[str], path: Path) -> None:
@@ -151,12 +148,14 @@ def plot_distances(distances: dict[str, list[float]], labels: list[str], path: P
     from matplotlib import pyplot
 
     blocks = list(distances)
-    figure, axes = pyplot.subplots(figsize=(max(6.0, 0.25 * len(blocks) + 2), 4), dpi=100)
+    # Room below the axes for the rotated block names (about 0.07 inch per character at font size 7).
+    label_height = 0.07 * max((len(block) for block in blocks), default=0)
+    figure, axes = pyplot.subplots(figsize=(max(6.0, 0.25 * len(blocks) + 2), 3.5 + label_height), dpi=100)
     for index, label in enumerate(labels):
         axes.plot(range(len(blocks)), [distances[block][index] for block in blocks], marker="o", label=label)
     axes.set_xticks(range(len(blocks)))
     axes.set_xticklabels(blocks, rotation=90, fontsize=7)
-    axes.set_ylabel("cosine distance from the merge")
+    axes.set_ylabel("cosine distance (1 - cos)")
     axes.set_title("How far each source is from the merged weights, per block")
     axes.legend(fontsize=8)
     figure.tight_layout()
