@@ -278,11 +278,25 @@ def split_on_silence(
     ]
 
 
+def remove_long_silences(
+    wave: np.ndarray,
+    sampling_rate: int,
+    min_silence_ms: int = 1000,
+    threshold_db: float = -50.0,
+    keep_silence_ms: int = 500,
+) -> np.ndarray:
+    """Upstream's `remove_silence_for_generated_wav`: silences of `min_silence_ms` or more (at or below
+    `threshold_db`) shrink to at most `keep_silence_ms` on each side of the sound around them."""
+    pieces = split_on_silence(wave, sampling_rate, min_silence_ms, threshold_db, keep_silence_ms)
+    return np.concatenate(pieces) if pieces else wave[:0]
+
+
 __all__ += [
     "leading_silence_ms",
     "load_audio",
     "nonsilent_ranges_ms",
     "normalize_loudness",
+    "remove_long_silences",
     "resample",
     "rms",
     "split_on_silence",

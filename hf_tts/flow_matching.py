@@ -408,6 +408,7 @@ class FlowMatchingTTSModel(SpeechSynthesisMixin, HfTtsPreTrainedModel):
         seed: int | None = None,
         latents: torch.Tensor | None = None,
         lens: torch.Tensor | None = None,
+        no_ref_audio: bool = False,
         progress_callback: Callable[[int, int], None] | None = None,
     ) -> torch.Tensor:
         """Generate mel frames after an audio prompt; returns (B, N, mel_dim) including the prompt frames.
@@ -418,6 +419,8 @@ class FlowMatchingTTSModel(SpeechSynthesisMixin, HfTtsPreTrainedModel):
         the whole cond). steps / cfg_strength / sway_sampling_coef / method / use_epss default to the config's
         sampling settings (`sway_sampling_coef=None` disables sway). seed: re-seed before each sample's
         `randn(duration_b, mel_dim)` (upstream's noise); latents (B, >= N, mel_dim) replaces the noise.
+        no_ref_audio: zero the prompt audio (its `lens` frames still count as prompt and come back as zeros), as
+        upstream's flag.
 
         With several samples, every sample is masked to its own duration (text length, convolution padding and, unlike
         upstream's default, attention keys), so with F5 v1 models each sample equals sampling it alone.
@@ -452,6 +455,8 @@ class FlowMatchingTTSModel(SpeechSynthesisMixin, HfTtsPreTrainedModel):
         duration = torch.maximum(torch.maximum((text != -1).sum(dim=-1), lens) + 1, duration)
         total = int(duration.max())
         cond = F.pad(cond, (0, 0, 0, total - cond_len))
+        if no_ref_audio:
+            cond = torch.zeros_like(cond)
         cond_mask = lens_to_mask(lens, total)[..., None]
         step_cond = torch.where(cond_mask, cond, torch.zeros_like(cond))
         mask = lens_to_mask(duration, total) if batch > 1 else None

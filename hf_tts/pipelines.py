@@ -3,7 +3,8 @@
 - `"zero-shot-text-to-speech"` ([`ZeroShotTextToSpeechPipeline`]): voice cloning with F5-TTS / E2-TTS and the
   vocoder the model folder carries, with bare keyword arguments:
   `pipe(text_or_texts, ref_audio=..., ref_text=..., nfe_step=32, cfg_strength=2.0, sway_sampling_coef=-1.0,
-  speed=1.0, seed=None)` -> `{"audio": float32 numpy (samples,), "sampling_rate": 24000}` (a list for a list).
+  speed=1.0, seed=None, fix_duration=None, remove_silence=False)` -> `{"audio": float32 numpy (samples,),
+  "sampling_rate": 24000}` (a list for a list).
 - transformers' built-in `"text-to-speech"` pipeline works through `model.generate` (see `hf_tts.synthesis`),
   with the same options in `forward_params`.
 """
@@ -16,7 +17,7 @@ from transformers import Pipeline
 
 from hf_tts.errors import InputError
 from hf_tts.processing import F5Processor, SynthesisInputs
-from hf_tts.synthesis import SpeechSynthesisMixin, cross_fade, sample_chunks, vocode_chunks
+from hf_tts.synthesis import SpeechSynthesisMixin, join_chunks, sample_chunks, vocode_chunks
 
 ZERO_SHOT_TTS_TASK = "zero-shot-text-to-speech"
 
@@ -49,13 +50,16 @@ class ZeroShotTextToSpeechPipeline(Pipeline):
         cfg_strength: float | None = None,
         sway_sampling_coef: float | None = -1.0,
         seed: int | None = None,
+        fix_duration: float | None = None,
+        remove_silence: bool = False,
     ) -> tuple[dict, dict, dict]:
         preprocess = {"ref_audio": ref_audio, "ref_text": ref_text, "sampling_rate": sampling_rate}
+        preprocess["fix_duration"] = fix_duration
         if speed is not None:
             preprocess["speed"] = speed
         forward = {"steps": nfe_step, "cfg_strength": cfg_strength, "sway_sampling_coef": sway_sampling_coef}
         forward["seed"] = seed
-        return preprocess, forward, {}
+        return preprocess, forward, {"remove_silence": remove_silence}
 
     def _processor(self) -> F5Processor:
         return self.model.get_processor(self.processor if isinstance(self.processor, F5Processor) else None)
@@ -67,10 +71,13 @@ class ZeroShotTextToSpeechPipeline(Pipeline):
         ref_text: str | None = None,
         sampling_rate: int | None = None,
         speed: float = 1.0,
+        fix_duration: float | None = None,
     ) -> dict[str, SynthesisInputs]:
         if not isinstance(text, str):
             raise InputError(f"the text to synthesize must be a string, got {type(text).__name__}")
-        inputs = self._processor()(text, ref_audio, ref_text, sampling_rate=sampling_rate, speed=speed)
+        inputs = self._processor()(
+            text, ref_audio, ref_text, sampling_rate=sampling_rate, speed=speed, fix_duration=fix_duration
+        )
         return {"inputs": inputs}
 
     def _forward(self, model_inputs: dict[str, SynthesisInputs], **sample_options) -> dict[str, Any]:
@@ -78,9 +85,9 @@ class ZeroShotTextToSpeechPipeline(Pipeline):
         mels = sample_chunks(self.model, inputs, **sample_options)
         return {"waves": vocode_chunks(self.model.vocoder, mels, inputs.reference.rms)}
 
-    def postprocess(self, model_outputs: dict[str, Any]) -> dict[str, Any]:
+    def postprocess(self, model_outputs: dict[str, Any], remove_silence: bool = False) -> dict[str, Any]:
         rate = self.model.vocoder.config.sampling_rate
-        return {"audio": cross_fade(model_outputs["waves"], rate), "sampling_rate": rate}
+        return {"audio": join_chunks(model_outputs["waves"], rate, remove_silence), "sampling_rate": rate}
 
 
 __all__ = ["ZERO_SHOT_TTS_TASK", "ZeroShotTextToSpeechPipeline"]

@@ -8,7 +8,8 @@
 
 Formulas (upstream names): `max_chars = int(ref_text_bytes / ref_seconds * (22 - ref_seconds) * speed)`;
 `duration = ref_audio_len + int(ref_audio_len / ref_text_bytes * gen_text_bytes / local_speed)` with
-`ref_audio_len = samples // hop` and `local_speed = 0.3` for chunks under 10 UTF-8 bytes.
+`ref_audio_len = samples // hop` and `local_speed = 0.3` for chunks under 10 UTF-8 bytes; with `fix_duration`
+(seconds, reference included) every chunk gets `int(fix_duration * sampling_rate / hop)` frames instead.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ _CLIP_PASSES = ((1000, -50.0), (100, -40.0))
 _KEEP_SILENCE_MS = 1000
 _CLIP_MIN_SECONDS = 6.0
 _EDGE_SILENCE_DBFS = -42.0
+# pydub's `AudioSegment.silent(50)` is made at 11025 Hz and resampled, so upstream appends 1198 samples at 24 kHz
+# where this appends 1200 (checked against pydub 0.25.1: otherwise equal lengths on clipped and trimmed references).
 _APPENDED_SILENCE_SECONDS = 0.05
 _SENTENCE_END = re.compile(r"(?<=[;:,.!?])\s+|(?<=[；：，。！？])")
 
@@ -220,6 +223,7 @@ class F5Processor(ProcessorMixin):
         *,
         sampling_rate: int | None = None,
         speed: float = 1.0,
+        fix_duration: float | None = None,
         **kwargs,
     ) -> SynthesisInputs | BatchFeature:
         if ref_audio is None and ref_text is None:
@@ -229,7 +233,9 @@ class F5Processor(ProcessorMixin):
             if len(text) != 1:
                 raise InputError("prepare one text per call (the chunks of a long text are batched for you)")
             text = text[0]
-        return self.prepare(text, ref_audio, ref_text, sampling_rate=sampling_rate, speed=speed)
+        return self.prepare(
+            text, ref_audio, ref_text, sampling_rate=sampling_rate, speed=speed, fix_duration=fix_duration
+        )
 
     def prepare(
         self,
@@ -239,14 +245,18 @@ class F5Processor(ProcessorMixin):
         *,
         sampling_rate: int | None = None,
         speed: float = 1.0,
+        fix_duration: float | None = None,
     ) -> SynthesisInputs:
-        """Reference audio + reference text + text to speak -> one batch row per chunk, with upstream's numbers."""
+        """Reference audio + reference text + text to speak -> one batch row per chunk, with upstream's numbers.
+        `fix_duration` (seconds, reference included) replaces the estimated length of every chunk, as upstream's."""
         if not isinstance(text, str) or not text.strip():
             raise InputError("the text to synthesize is empty; give at least one word")
         if ref_audio is None:
             raise InputError("ref_audio is required: a recording (path, array or dict) of the voice to clone")
         if not speed > 0:
             raise InputError(f"speed must be > 0, got {speed!r}")
+        if fix_duration is not None and not fix_duration > 0:
+            raise InputError(f"fix_duration must be > 0 seconds (reference included), got {fix_duration!r}")
         ref_text = normalize_reference_text(ref_text)
         extractor = self.feature_extractor
         reference = extractor.prepare_reference(ref_audio, sampling_rate)
@@ -264,11 +274,14 @@ class F5Processor(ProcessorMixin):
                 stacklevel=2,
             )
         text_lengths = (encoded.ids != -1).sum(dim=1).tolist()
+        if fix_duration is None:
+            estimates = [estimate_duration(ref_frames, ref_text, chunk, speed) for chunk in chunks]
+        else:
+            estimates = [int(fix_duration * extractor.sampling_rate / extractor.hop_length)] * len(chunks)
         # Raised to at least the prompt (+1) and text length (+1), as `sample()` does, so the frames cut per chunk
         # are exactly those it generates.
         durations = [
-            max(estimate_duration(ref_frames, ref_text, chunk, speed), max(length, ref_frames + 1) + 1)
-            for chunk, length in zip(chunks, text_lengths)
+            max(estimate, max(length, ref_frames + 1) + 1) for estimate, length in zip(estimates, text_lengths)
         ]
         cond = torch.from_numpy(reference.wave)[None].expand(len(chunks), -1).contiguous()
         return SynthesisInputs(

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hf_tts.audio import AudioInput
+from hf_tts.audio import AudioInput, remove_long_silences
 from hf_tts.errors import InputError
 from hf_tts.models.vocos.modeling_vocos import VocosModel
 from hf_tts.processing import TARGET_RMS, F5Processor, SynthesisInputs, load_processor
@@ -56,6 +56,13 @@ def cross_fade(waves: list[np.ndarray], sampling_rate: int, seconds: float = CRO
         blended = joined[-overlap:] * fade_out + wave[:overlap] * fade_in
         joined = np.concatenate([joined[:-overlap], blended, wave[overlap:]])
     return joined.astype(np.float32)
+
+
+def join_chunks(waves: list[np.ndarray], sampling_rate: int, remove_silence: bool = False) -> np.ndarray:
+    """The chunks' waves cross-faded into one; `remove_silence` then shortens silences over 1 s, as upstream's
+    `remove_silence_for_generated_wav` does to the written file."""
+    audio = cross_fade(waves, sampling_rate)
+    return remove_long_silences(audio, sampling_rate) if remove_silence else audio
 
 
 def sample_chunks(
@@ -144,16 +151,22 @@ class SpeechSynthesisMixin:
         cfg_strength: float | None = None,
         sway_sampling_coef: float | None = -1.0,
         speed: float = 1.0,
+        fix_duration: float | None = None,
+        remove_silence: bool = False,
         seed: int | None = None,
         progress: bool = False,
     ) -> SpeechOutput:
         """Speak `text` in the voice of `ref_audio` (whose transcript is `ref_text`). `nfe_step` / `cfg_strength`
-        default to the config's sampling settings; `seed` makes the noise reproducible (each chunk is seeded
-        alike); `progress` shows tqdm bars over the batched ODE steps and the vocoded chunks."""
+        default to the config's sampling settings; `fix_duration` (seconds, reference included) fixes each chunk's
+        length; `remove_silence` shortens silences over 1 s (upstream's option); `seed` makes the noise
+        reproducible (each chunk is seeded alike); `progress` shows tqdm bars over the batched ODE steps and the
+        vocoded chunks."""
         from tqdm.auto import tqdm
 
         vocoder = self.require_vocoder()
-        inputs = self.get_processor(processor)(text, ref_audio, ref_text, sampling_rate=sampling_rate, speed=speed)
+        inputs = self.get_processor(processor)(
+            text, ref_audio, ref_text, sampling_rate=sampling_rate, speed=speed, fix_duration=fix_duration
+        )
         label = f"{len(inputs.chunks)} chunk{'s' if len(inputs.chunks) > 1 else ''}"
         with tqdm(desc=f"sampling {label}", unit="step", disable=not progress) as bar:
 
@@ -176,7 +189,7 @@ class SpeechSynthesisMixin:
         ]
         rate = vocoder.config.sampling_rate
         return SpeechOutput(
-            audio=cross_fade(waves, rate),
+            audio=join_chunks(waves, rate, remove_silence),
             sampling_rate=rate,
             mel=torch.cat(mels, dim=0).T.float().cpu(),
             chunks=inputs.chunks,
@@ -194,8 +207,9 @@ class SpeechSynthesisMixin:
         "ref_text": ..., "nfe_step": ...})`. Returns {"audio": (1, samples) tensor, or a list for several texts}."""
         if text is None:
             raise InputError(
-                "generate needs the raw text: load the pipeline from a folder with processor_config.json, or pass "
-                "processor=F5Processor(...) to pipeline(...) (a tokenizer alone cannot recover the text)"
+                "generate needs the raw text, which a tokenizer alone cannot give back: load the pipeline from a "
+                "folder / repo id with processor_config.json, or with a model object pass both "
+                "processor=model.get_processor() and tokenizer=processor.tokenizer to pipeline(...)"
             )
         for name in _PIPELINE_GENERATE_KWARGS:
             options.pop(name, None)
@@ -271,6 +285,7 @@ __all__ = [
     "SpeechSynthesisMixin",
     "attach_vocoder_to_folder",
     "cross_fade",
+    "join_chunks",
     "load_speech_model",
     "sample_chunks",
     "vocode_chunks",

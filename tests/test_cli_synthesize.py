@@ -47,11 +47,16 @@ def test_synthesize_writes_a_wav_and_a_plot(tmp_path, reference_file):
         ({"--ref-audio": "missing.wav"}, "does not exist"),
         ({"--ref-text": " "}, "reference text \\(ref_text\\) is empty"),
         ({"--out": "speech.mp3"}, "must be a .wav"),
+        ({"--text-file": "missing.txt"}, "text file missing.txt does not exist"),
+        ({"--speed": "0"}, "speed must be > 0"),
+        ({"--fix-duration": "-1"}, "fix_duration must be > 0"),
     ],
 )
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, reference_file, capsys, change, message):
     options = {"--text": "Hello.", "--ref-audio": str(reference_file), "--ref-text": REF_TEXT, "--out": "speech.wav"}
     options.update(change)
+    if "--text-file" in options:
+        del options["--text"]
     options["--out"] = str(tmp_path / options["--out"])
     args = ["synthesize", str(f5_dir()), "--nfe-step", "2"] + [item for pair in options.items() for item in pair]
     assert main(args) == 2
@@ -61,11 +66,48 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, reference_file, capsys, 
     assert list(tmp_path.iterdir()) == []
 
 
-def test_silent_reference_is_refused(tmp_path, capsys):
-    silent = tmp_path / "silent.wav"
-    soundfile.write(silent, np.zeros(48000, dtype=np.float32), 24000)
+def _write_short(path):
+    tone = 0.1 * np.sin(np.arange(7200) * 2 * np.pi * 220 / 24000)  # 0.3 s of sound in 2 s
+    soundfile.write(path, np.concatenate([tone, np.zeros(40800)]), 24000)
+
+
+@pytest.mark.parametrize(
+    ("write", "message"),
+    [
+        (lambda path: soundfile.write(path, np.zeros(48000, dtype=np.float32), 24000), "reference audio is silent"),
+        (_write_short, "reference audio is too short: 0.30 s"),
+        (lambda path: path.write_bytes(b"RIFF not really a wav"), "is not readable audio"),
+    ],
+)
+def test_bad_reference_files_are_refused(tmp_path, capsys, write, message):
+    reference = tmp_path / "reference.wav"
+    write(reference)
+    out, plot = tmp_path / "speech.wav", tmp_path / "mel.png"
+    args = ["synthesize", str(f5_dir()), "--text", "Hello.", "--ref-audio", str(reference), "--ref-text", REF_TEXT]
+    assert main([*args, "--out", str(out), "--plot", str(plot)]) == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reference.wav"]
+
+
+def test_fix_duration_and_one_warning_for_characters_outside_the_vocab(tmp_path, reference_file, capsys):
     out = tmp_path / "speech.wav"
-    args = ["synthesize", str(f5_dir()), "--text", "Hello.", "--ref-audio", str(silent), "--ref-text", REF_TEXT]
-    assert main([*args, "--out", str(out)]) == 2
-    assert "silent" in capsys.readouterr().err
-    assert not out.exists()
+    args = ["synthesize", str(f5_dir()), "--text", "Snow ☃ and ✈ plane ☃.", "--ref-audio", str(reference_file)]
+    args += ["--ref-text", REF_TEXT, "--out", str(out), "--nfe-step", "2", "--fix-duration", "2.0"]
+    args += ["--remove-silence"]
+    with pytest.warns(UserWarning) as record:
+        assert main(args) == 0
+    messages = [str(w.message) for w in record if "vocabulary" in str(w.message)]
+    assert len(messages) == 1 and "'☃'" in messages[0] and "'✈'" in messages[0]
+    from transformers import AutoModel
+
+    ref_frames = AutoModel.from_pretrained(f5_dir()).get_processor()("Hi.", str(reference_file), REF_TEXT).ref_frames
+    # one chunk of int(2.0 * 24000 / 256) frames, reference included; --remove-silence only ever shortens it
+    assert 0 < len(soundfile.read(out)[0]) <= (int(2.0 * 24000 / 256) - ref_frames - 1) * 256
+
+
+def test_synthesize_in_bfloat16_on_cpu(tmp_path, reference_file):
+    out = tmp_path / "speech.wav"
+    args = ["synthesize", str(f5_dir()), "--text", "Hello there.", "--ref-audio", str(reference_file)]
+    assert main([*args, "--ref-text", REF_TEXT, "--out", str(out), "--nfe-step", "2", "--dtype", "bfloat16"]) == 0
+    audio, rate = soundfile.read(out)
+    assert rate == 24000 and len(audio) > 0 and np.isfinite(audio).all()

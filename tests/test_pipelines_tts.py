@@ -47,6 +47,38 @@ def test_builtin_text_to_speech_pipeline_and_model_object_agree(zero_shot):
     )
 
 
+def test_zero_shot_pipeline_fix_duration_speed_and_remove_silence(zero_shot):
+    reference = reference_wave()
+    ref_frames = zero_shot.model.get_processor()("Hi there.", reference, OPTIONS["ref_text"]).ref_frames
+    fixed = zero_shot("Hello there.", ref_audio=reference, fix_duration=2.0, speed=0.5, remove_silence=True, **OPTIONS)
+    # every chunk is int(2.0 * 24000 / 256) frames long, reference included (speed is then irrelevant)
+    assert len(fixed["audio"]) <= (int(2.0 * 24000 / 256) - ref_frames - 1) * 256
+    kept = zero_shot("Hello there.", ref_audio=reference, fix_duration=2.0, **OPTIONS)["audio"]
+    assert len(kept) == (int(2.0 * 24000 / 256) - ref_frames - 1) * 256
+    slower = zero_shot("Hello there.", ref_audio=reference, speed=0.5, **OPTIONS)["audio"]
+    faster = zero_shot("Hello there.", ref_audio=reference, speed=2.0, **OPTIONS)["audio"]
+    assert len(slower) > len(faster)
+
+
+def test_builtin_text_to_speech_pipeline_with_a_model_object_and_from_a_repo_id(local_hub):
+    from hf_tts.hub.push import push_folder
+
+    options = dict(ref_audio=reference_wave(), **OPTIONS)
+    model = AutoModel.from_pretrained(f5_dir(), dtype=torch.float32)
+    processor = model.get_processor()
+    # transformers needs a tokenizer for a model object; the processor keeps the raw text for `generate`
+    from_object = pipeline("text-to-speech", model=model, tokenizer=processor.tokenizer, processor=processor)
+    expected = from_object("Hello there.", forward_params=options)["audio"]
+    push_folder(f5_dir(), "org/f5-speech")
+    from_repo = pipeline("text-to-speech", model="org/f5-speech", device="cpu")
+    outputs = from_repo(["Hello there.", "Bye."], forward_params=options)
+    assert isinstance(outputs, list) and len(outputs) == 2
+    assert outputs[0]["sampling_rate"] == 24000 and outputs[0]["audio"].dtype == np.float32
+    np.testing.assert_allclose(outputs[0]["audio"], expected, atol=1e-6)
+    with pytest.raises(InputError, match=r"processor=model.get_processor\(\) and tokenizer=processor.tokenizer"):
+        pipeline("text-to-speech", model=model, tokenizer=processor.tokenizer)("Hi there.", forward_params=options)
+
+
 def test_pipeline_bad_input(zero_shot):
     with pytest.raises(InputError, match="text to synthesize is empty"):
         zero_shot("", ref_audio=reference_wave(), **OPTIONS)

@@ -78,6 +78,115 @@ def test_prepare_matches_upstream_numbers(processor):
     assert inputs.text.tolist() == expected_ids.tolist()
 
 
+# A 2 s tone reference: 48000 + 1200 (50 ms appended) samples = 2.05 s, ref_audio_len = 49200 // 256 = 192 frames.
+# Expected values worked out by hand from upstream's formulas (f5-tts 1.1.20, utils_infer.py):
+#   max_chars = int(ref_text_bytes / 2.05 * (22 - 2.05) * speed)     (ref text after the ". " rule)
+#   duration  = 192 + int(192 / prompt_bytes * chunk_bytes / local_speed), local_speed 0.3 under 10 chunk bytes
+UPSTREAM_CASES = [
+    pytest.param(
+        # "你好世界" has no ending: ". " is added (14 bytes), then one more space (1-byte last char): prompt 15 bytes.
+        # max_chars int(14 / 2.05 * 19.95 * 0.25) = 34. Sentences split after ，。！ without needing a space:
+        # 21 | 27 | 12 + 9 bytes (each over 34 with its neighbour, except the last two).
+        "你好世界",
+        "今天天气很好，我们去公园散步吧。明天见！再见。",
+        0.25,
+        ["今天天气很好，", "我们去公园散步吧。", "明天见！再见。"],
+        [192 + int(192 / 15 * 21 / 0.25), 192 + int(192 / 15 * 27 / 0.25), 192 + int(192 / 15 * 21 / 0.25)],
+        id="chinese-no-ending",
+    ),
+    pytest.param(
+        # ends with "。": unchanged, no extra space (15 bytes); max_chars int(15 / 2.05 * 19.95 * 0.25) = 36
+        "你好世界。",
+        "今天天气很好，我们去公园散步吧。明天见！再见。",
+        0.25,
+        ["今天天气很好，", "我们去公园散步吧。", "明天见！再见。"],
+        [192 + int(192 / 15 * 21 / 0.25), 192 + int(192 / 15 * 27 / 0.25), 192 + int(192 / 15 * 21 / 0.25)],
+        id="chinese-full-stop",
+    ),
+    pytest.param(
+        # "Hi!" is 3 bytes (< 10): upstream speaks it at speed 0.3 whatever the speed asked for
+        "Some reference words",
+        "Hi!",
+        2.0,
+        ["Hi!"],
+        [192 + int(192 / 23 * 3 / 0.3)],
+        id="very-short-text-ignores-speed",
+    ),
+    pytest.param(
+        # "words." gets one space (22 bytes), the prompt another (23); max_chars int(22 / 2.05 * 19.95 * 0.3) = 64:
+        # the first chunk packs four clauses (61 bytes), the last two do not fit after it
+        "Some reference words.",
+        "First sentence here. Second sentence, with a comma; and more: stuff! Last one?",
+        0.3,
+        ["First sentence here. Second sentence, with a comma; and more:", "stuff! Last one?"],
+        [192 + int(192 / 23 * 61 / 0.3), 192 + int(192 / 23 * 16 / 0.3)],
+        id="english-speed-0.3",
+    ),
+    pytest.param(
+        # no punctuation: one sentence, never split inside, even over max_chars (int(22 / 2.05 * 19.95 * 0.2) = 42)
+        "Some reference words",
+        "no punctuation at all in this long run of words that goes on and on",
+        0.2,
+        ["no punctuation at all in this long run of words that goes on and on"],
+        [192 + int(192 / 23 * 67 / 0.2)],
+        id="text-without-punctuation",
+    ),
+]
+
+
+@pytest.mark.parametrize(("ref_text", "text", "speed", "chunks", "durations"), UPSTREAM_CASES)
+def test_chunks_and_durations_equal_upstream_hand_computed_values(processor, ref_text, text, speed, chunks, durations):
+    inputs = processor(text, tone(2.0), ref_text, speed=speed)
+    assert inputs.ref_frames == 192
+    assert inputs.chunks == chunks
+    assert inputs.duration.tolist() == durations
+
+
+def test_fix_duration_gives_every_chunk_the_same_total_length(processor):
+    inputs = processor("First one here. Then a second one.", tone(2.0), "Words", speed=0.1, fix_duration=5.0)
+    assert len(inputs.chunks) == 2
+    assert inputs.duration.tolist() == [int(5.0 * 24000 / 256)] * 2  # upstream: int(fix_duration * sr / hop)
+    # shorter than the reference: raised to the prompt + 1 frame, as the sampler would
+    assert processor("Hello there.", tone(2.0), "Words", fix_duration=1.0).duration.tolist() == [192 + 2]
+    with pytest.raises(InputError, match="fix_duration must be > 0"):
+        processor("Hello there.", tone(2.0), "Words", fix_duration=0)
+
+
+def silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * RATE), dtype=np.float32)
+
+
+# References just over 12 s, lengths worked out by hand from upstream's pydub steps (split_on_silence keeping 1 s,
+# pieces added while "kept > 6 s and kept + piece > 12 s" is false, long then short silences, then a hard cut at
+# 12 s; edges trimmed at -42 dBFS; 50 ms appended). The same lengths came out of pydub 0.25.1 itself (to within its
+# 2-sample shorter 50 ms silence).
+CLIP_CASES = [
+    # no silence anywhere: one 12.5 s piece, hard cut at 12 s
+    pytest.param([tone(12.5)], 12.0, True, id="no-silence-hard-cut"),
+    # 1.5 s silence after 7 s: pieces 0-7.75 | 7.75-13.5 s; the second would pass 12 s: kept 7.75 s, and the
+    # 0.75 s of trailing silence is trimmed
+    pytest.param([tone(7.0), silence(1.5), tone(5.0)], 7.0, True, id="long-silence"),
+    # a 0.5 s silence only the second pass (100 ms, -40 dBFS) finds: pieces 0-7.25 | 7.25-12.5 s
+    pytest.param([tone(7.0), silence(0.5), tone(5.0)], 7.0, True, id="short-silence-second-pass"),
+    # the silence comes before 6 s: upstream never stops at it (kept must exceed 6 s first), so a hard cut at 12 s
+    pytest.param([tone(5.0), silence(1.5), tone(6.0)], 12.0, True, id="early-silence-hard-cut"),
+    # under 12 s: no clipping, but a 3 s interior silence still shrinks to 1 s + 1 s (keep_silence)
+    pytest.param([tone(4.0), silence(3.0), tone(4.0)], 10.0, False, id="short-reference-long-silence"),
+]
+
+
+@pytest.mark.parametrize(("parts", "kept_seconds", "clipped"), CLIP_CASES)
+def test_reference_clipping_matches_upstream(parts, kept_seconds, clipped):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        reference = F5FeatureExtractor().prepare_reference(np.concatenate(parts))
+    assert len(reference.wave) == int((kept_seconds + 0.05) * RATE)
+    assert reference.clipped is clipped
+    assert len([w for w in record if "clipped" in str(w.message)]) == int(clipped)
+
+
 def test_long_text_is_split_into_chunks_sized_from_the_reference(processor):
     text = " ".join(f"Sentence number {i} is here." for i in range(12))
     inputs = processor(text, tone(2.0), "Some words", speed=0.5)

@@ -13,7 +13,7 @@ from transformers import AutoModel
 from hf_tts.cli import main
 from hf_tts.errors import InputError
 from hf_tts.models.vocos.modeling_vocos import VocosModel
-from hf_tts.synthesis import cross_fade, sample_chunks, vocode_chunks
+from hf_tts.synthesis import cross_fade, join_chunks, sample_chunks, vocode_chunks
 
 LONG_TEXT = "The first sentence is here. A second one follows it. Then a third, short. And the last one!"
 REF_TEXT = "Some reference words"
@@ -62,6 +62,21 @@ def test_vocoding_length_loudness_and_cross_fade(model):
         (overlap // 2) / (overlap - 1)
     )
     assert joined[middle] == pytest.approx(expected, abs=1e-6)
+
+
+def test_remove_silence_shrinks_silences_over_one_second_as_upstream():
+    rate = 24000
+    sound = (0.1 * np.sin(np.arange(rate) * 2 * np.pi * 220 / rate)).astype(np.float32)  # 1 s at -23 dBFS
+
+    def gap(seconds):
+        return np.zeros(int(seconds * rate), np.float32)
+
+    # upstream remove_silence_for_generated_wav: silences >= 1 s at -50 dBFS keep 0.5 s on each side
+    wave = np.concatenate([sound, gap(3.0), sound, gap(0.8), sound])
+    joined = join_chunks([wave], rate, remove_silence=True)
+    expected = np.concatenate([sound, gap(0.5), gap(0.5), sound, gap(0.8), sound])
+    np.testing.assert_array_equal(joined, expected)
+    np.testing.assert_array_equal(join_chunks([wave], rate), wave)  # off by default
 
 
 def test_folder_carries_the_vocoder_with_its_weights(model):

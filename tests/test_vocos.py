@@ -3,6 +3,7 @@ the "same"-padding ISTFT."""
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -12,7 +13,7 @@ from safetensors.torch import load_file
 from transformers import AutoModel
 
 from hf_tts.cli import main
-from hf_tts.convert.vocos import load_upstream_vocos
+from hf_tts.convert.vocos import load_upstream_vocos, vocos_config_from_yaml
 from hf_tts.errors import InputError
 from hf_tts.models.vocos.configuration_vocos import VocosConfig
 from hf_tts.models.vocos.modeling_vocos import InverseSTFT, VocosModel
@@ -87,10 +88,60 @@ def test_encodec_variant_and_incomplete_folders_are_refused(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_weights_that_do_not_fit_the_config_are_refused(tmp_path):
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("num_layers: 2", "num_layers: 3", "does not fit.*missing \\['backbone.convnext.2"),
+        ("dim: 64", "dim: 32", "does not fit.*other shape .*backbone.convnext.0.dwconv.bias \\(64,\\) vs \\(32,\\)"),
+    ],
+)
+def test_weights_that_do_not_fit_the_config_are_refused(tmp_path, capsys, old, new, message):
     source = tmp_path / "src"
     shutil.copytree(upstream_fixture("vocos_tiny"), source)
-    text = (source / "config.yaml").read_text()
-    (source / "config.yaml").write_text(text.replace("num_layers: 2", "num_layers: 3"))
-    with pytest.raises(InputError, match="does not fit"):
-        load_upstream_vocos(source)
+    (source / "config.yaml").write_text((source / "config.yaml").read_text().replace(old, new))
+    out = tmp_path / "out"
+    assert main(["convert", "vocos", str(source), "--out", str(out)]) == 2
+    assert re.search(message, capsys.readouterr().err.strip())
+    assert not out.exists()
+
+
+# charactr/vocos-mel-24khz's config.yaml (the vocoder of every released F5-TTS / E2-TTS model)
+RELEASED_CONFIG = """
+feature_extractor:
+  class_path: vocos.feature_extractors.MelSpectrogramFeatures
+  init_args: {sample_rate: 24000, n_fft: 1024, hop_length: 256, n_mels: 100, padding: center}
+backbone:
+  class_path: vocos.models.VocosBackbone
+  init_args: {input_channels: 100, dim: 512, intermediate_dim: 1536, num_layers: 8}
+head:
+  class_path: vocos.heads.ISTFTHead
+  init_args: {dim: 512, n_fft: 1024, hop_length: 256, padding: center}
+"""
+
+
+def test_released_config_schema_and_unsupported_variants(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(RELEASED_CONFIG)
+    config = vocos_config_from_yaml(path)
+    assert (config.dim, config.intermediate_dim, config.num_layers, config.n_mels) == (512, 1536, 8, 100)
+    assert (config.n_fft, config.hop_length, config.feature_padding) == (1024, 256, "center")
+    assert config.istft_padding == "center"
+    assert config.layer_scale == 1 / 8  # upstream's default layer_scale_init_value
+    variants = [
+        ("vocos.heads.ISTFTHead", "vocos.heads.IMDCTSymExpHead", "head.class_path .* only the mel Vocos"),
+        ("num_layers: 8}", "num_layers: 8, adanorm_num_embeddings: 4}", "adanorm_num_embeddings is set"),
+        ("padding: center}\nbackbone", "padding: center, f_min: 0}\nbackbone", "does not implement: \\['f_min'\\]"),
+        ("{dim: 512, n_fft", "{dim: 256, n_fft", "head.dim \\(256\\) must equal backbone.dim \\(512\\)"),
+    ]
+    for old, new, message in variants:
+        assert old in RELEASED_CONFIG
+        path.write_text(RELEASED_CONFIG.replace(old, new))
+        with pytest.raises(InputError, match=message):
+            vocos_config_from_yaml(path)
+    # upstream's training config (configs/vocos.yaml) nests the modules under model.init_args
+    training = "model:\n  class_path: vocos.experiment.VocosExp\n  init_args:\n" + "".join(
+        f"    {line}\n" for line in RELEASED_CONFIG.strip().splitlines()
+    )
+    path.write_text(training)
+    with pytest.raises(InputError, match="training config .* charactr/vocos-mel-24khz"):
+        vocos_config_from_yaml(path)

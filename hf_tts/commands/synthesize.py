@@ -32,6 +32,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--sway", type=float, default=-1.0, help="sway sampling coefficient (default -1.0)")
     parser.add_argument("--speed", type=float, default=1.0, help="speaking speed (default 1.0)")
     parser.add_argument("--seed", type=int, default=None, help="random seed for reproducible output")
+    parser.add_argument(
+        "--fix-duration",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="fixed length of each chunk in seconds, reference included (default: estimated from the text)",
+    )
+    parser.add_argument(
+        "--remove-silence", action="store_true", help="shorten silences longer than 1 s in the output (as upstream)"
+    )
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="model dtype (default float32)")
     parser.add_argument("--plot", metavar="PNG", help="also write the generated mel spectrogram as a PNG")
@@ -97,6 +107,8 @@ def _run(args: argparse.Namespace) -> int:
         cfg_strength=args.cfg_strength,
         sway_sampling_coef=args.sway,
         speed=args.speed,
+        fix_duration=args.fix_duration,
+        remove_silence=args.remove_silence,
         seed=args.seed,
         progress=True,
     )

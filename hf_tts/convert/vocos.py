@@ -24,6 +24,13 @@ UPSTREAM_CLASSES = {
     "backbone": "vocos.models.VocosBackbone",
     "head": "vocos.heads.ISTFTHead",
 }
+# The init_args each upstream class takes (vocos 0.1.0); any other key is a variant this model does not implement.
+UPSTREAM_INIT_ARGS = {
+    "feature_extractor": {"sample_rate", "n_fft", "hop_length", "n_mels", "padding"},
+    "backbone": {"input_channels", "dim", "intermediate_dim", "num_layers", "layer_scale_init_value"}
+    | {"adanorm_num_embeddings"},
+    "head": {"dim", "n_fft", "hop_length", "padding"},
+}
 # Upstream buffers -> the buffer of VocosModel that recomputes them.
 RECOMPUTED_BUFFERS = {
     "feature_extractor.mel_spec.spectrogram.window": "feature_extractor.mel.window",
@@ -42,6 +49,12 @@ def _read_yaml_config(path: Path) -> dict:
         raise InputError(f"{path} is not valid YAML: {error}") from error
     if not isinstance(raw, dict):
         raise InputError(f"{path} must be a mapping with feature_extractor / backbone / head entries")
+    if "feature_extractor" not in raw and isinstance(raw.get("model"), dict):
+        raise InputError(
+            f"{path} is a Vocos training config (model: vocos.experiment.*); give the folder of a released vocoder "
+            "(its inference config.yaml with top-level feature_extractor / backbone / head, plus pytorch_model.bin), "
+            "e.g. charactr/vocos-mel-24khz"
+        )
     sections = {}
     for section, class_path in UPSTREAM_CLASSES.items():
         entry = raw.get(section)
@@ -52,7 +65,11 @@ def _read_yaml_config(path: Path) -> dict:
                 f"{path}: {section}.class_path is {entry['class_path']!r}; only the mel Vocos ({class_path}) is "
                 "supported (EnCodec-feature and IMDCT variants are not)"
             )
-        sections[section] = entry.get("init_args") or {}
+        init_args = entry.get("init_args") or {}
+        unknown = sorted(set(init_args) - UPSTREAM_INIT_ARGS[section])
+        if unknown:
+            raise InputError(f"{path}: {section}.init_args has keys this converter does not implement: {unknown}")
+        sections[section] = init_args
     return sections
 
 
@@ -69,6 +86,8 @@ def vocos_config_from_yaml(path: str | os.PathLike) -> VocosConfig:
         raise InputError(
             f"{path}: feature_extractor (n_fft, hop_length) {feature_stft} differs from the head's {head_stft}"
         )
+    if head.get("dim") != backbone.get("dim"):
+        raise InputError(f"{path}: head.dim ({head.get('dim')}) must equal backbone.dim ({backbone.get('dim')})")
     if features.get("n_mels", 100) != backbone.get("input_channels"):
         raise InputError(
             f"{path}: backbone.input_channels ({backbone.get('input_channels')}) must equal feature_extractor.n_mels "
@@ -125,12 +144,18 @@ def load_upstream_vocos(src_dir: str | os.PathLike) -> VocosModel:
         raise InputError(f"{weights_path} is not a plain state dict of tensors")
     model = VocosModel(config)
     weights = _split_buffers(state_dict, model, weights_path)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if missing or unexpected:
+    own = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    found = {name: tuple(tensor.shape) for name, tensor in weights.items()}
+    missing, unexpected = sorted(set(own) - set(found)), sorted(set(found) - set(own))
+    reshaped = [
+        f"{name} {found[name]} vs {own[name]}" for name in sorted(set(own) & set(found)) if found[name] != own[name]
+    ]
+    if missing or unexpected or reshaped:
         raise CheckpointMismatchError(
-            f"{weights_path} does not fit {config_path}: missing {sorted(missing)[:5]}, "
-            f"unexpected {sorted(unexpected)[:5]}"
+            f"{weights_path} does not fit {config_path}: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"other shape (checkpoint vs config) {reshaped[:3]}"
         )
+    model.load_state_dict(weights)
     return model.float().eval()
 
 

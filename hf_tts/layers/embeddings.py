@@ -105,7 +105,7 @@ class TextEmbedding(nn.Module):
         positions = sinusoidal_positions(self.text_dim, seq_len, device=h.device)
         if valid is not None:
             positions = positions.unsqueeze(0) * valid.unsqueeze(-1).to(positions.dtype)
-        h = h + positions
+        h = h + positions.to(h.dtype)  # half-precision models add the table in their dtype, as upstream's cast buffer
         if self.mask_padding:
             h = h.masked_fill(filler[..., None], 0.0)
         for block in self.text_blocks:

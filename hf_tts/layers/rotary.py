@@ -47,7 +47,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin); computed in fp32, returned in x's dtype."""
     rot_dim = cos.shape[-1]
     # One complex product per pair, (x0 + i x1) * (cos + i sin), is bit-identical to the real formula and, being a
-    # single kernel that also makes q/k contiguous for attention, measurably faster on CPU (scripts/bench_tts.py).
+    # single kernel that also makes q/k contiguous for attention, measurably faster on CPU (README, Benchmarks).
     pairs = torch.view_as_complex(x[..., :rot_dim].float().unflatten(-1, (-1, 2)))
     out = torch.view_as_real(pairs * torch.complex(cos[..., ::2], sin[..., ::2])).flatten(-2).to(x.dtype)
     if rot_dim == x.shape[-1]:

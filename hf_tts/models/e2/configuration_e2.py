@@ -16,7 +16,8 @@ E2_PRESETS: dict[str, dict] = {
 @strict
 class E2TTSConfig(FlowMatchingTTSConfig):
     r"""Configuration of [`E2TTSModel`]. Defaults are E2TTS_Base. `depth` must be even (the U-Net skips pair the
-    first half of the layers with the second half); `skip_connect_type` is "concat" (upstream default) or "add"."""
+    first half of the layers with the second half); `skip_connect_type` is "concat" (upstream default), "add" or
+    "none" (no U-Net skips)."""
 
     model_type = "hf_tts_e2"
     presets: ClassVar[dict[str, dict]] = E2_PRESETS
@@ -33,8 +34,8 @@ class E2TTSConfig(FlowMatchingTTSConfig):
     def validate_unet(self) -> None:
         if self.depth % 2:
             raise ValueError(f"depth must be even for the UNetT backbone, got {self.depth}")
-        if self.skip_connect_type not in ("concat", "add"):
-            raise ValueError(f"skip_connect_type must be 'concat' or 'add', got {self.skip_connect_type!r}")
+        if self.skip_connect_type not in ("concat", "add", "none"):
+            raise ValueError(f"skip_connect_type must be 'concat', 'add' or 'none', got {self.skip_connect_type!r}")
 
 
 __all__ = ["E2TTSConfig", "E2_PRESETS"]

@@ -58,7 +58,7 @@ class UNetTLayer(GradientCheckpointingLayer, nn.ModuleList):
 
 class UNetT(FlowMatchingBackbone):
     """Upstream `UNetT`: the time embedding is a prepended token (no adaLN); layer depth-1-i receives the hidden state
-    that entered layer i."""
+    that entered layer i (unless `skip_connect_type` is "none")."""
 
     per_sample_lengths = False
 
@@ -66,6 +66,7 @@ class UNetT(FlowMatchingBackbone):
         super().__init__(config)
         half = config.depth // 2
         self.layers = nn.ModuleList([UNetTLayer(config, is_second_half=i >= half) for i in range(config.depth)])
+        self.use_skips = config.skip_connect_type != "none"
         self.norm_out = ScaledL2RMSNorm(config.dim)
         self.proj_out = ZeroInitLinear(config.dim, config.mel_dim)
 
@@ -82,7 +83,7 @@ class UNetT(FlowMatchingBackbone):
             skip = None
             if index < half:
                 skips.append(h)
-            else:
+            elif self.use_skips:
                 skip = skips.pop()
             h = layer(h, skip, rope, mask, mask_keys)
         return self.proj_out(self.norm_out(h)[:, 1:])
