@@ -10,7 +10,7 @@ import argparse
 import importlib
 
 # Families in the order `hf-tts convert --help` lists them.
-CONVERT_FAMILIES: tuple[str, ...] = ("vocos", "f5", "a2p")
+CONVERT_FAMILIES: tuple[str, ...] = ("f5", "vocos", "a2p")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
