@@ -72,9 +72,17 @@ def sample_chunks(
     progress_callback: Callable[[int, int], None] | None = None,
     **sample_options,
 ) -> list[torch.Tensor]:
-    """One batched `model.sample` over every chunk; returns each chunk's generated frames (frames_i, n_mels),
-    starting at upstream's `ref_audio_len` (so one frame overlaps the prompt, as upstream keeps it)."""
-    mel = model.sample(inputs.cond, inputs.text, inputs.duration, progress_callback=progress_callback, **sample_options)
+    """One batched `model.sample` over every chunk, each chunk isolated from the others' padding (so it equals
+    sampling that chunk alone, as upstream does chunk by chunk); returns each chunk's generated frames
+    (frames_i, n_mels), starting at upstream's `ref_audio_len` (so one frame overlaps the prompt, as upstream)."""
+    mel = model.sample(
+        inputs.cond,
+        inputs.text,
+        inputs.duration,
+        isolate_samples=True,
+        progress_callback=progress_callback,
+        **sample_options,
+    )
     return [mel[row, inputs.ref_frames : int(total)] for row, total in enumerate(inputs.duration.tolist())]
 
 
@@ -155,12 +163,13 @@ class SpeechSynthesisMixin:
         remove_silence: bool = False,
         seed: int | None = None,
         progress: bool = False,
+        compile: bool = False,
     ) -> SpeechOutput:
         """Speak `text` in the voice of `ref_audio` (whose transcript is `ref_text`). `nfe_step` / `cfg_strength`
         default to the config's sampling settings; `fix_duration` (seconds, reference included) fixes each chunk's
         length; `remove_silence` shortens silences over 1 s (upstream's option); `seed` makes the noise
         reproducible (each chunk is seeded alike); `progress` shows tqdm bars over the batched ODE steps and the
-        vocoded chunks."""
+        vocoded chunks; `compile` samples with the torch.compile'd backbone (see `FlowMatchingTTSModel.sample`)."""
         from tqdm.auto import tqdm
 
         vocoder = self.require_vocoder()
@@ -182,6 +191,7 @@ class SpeechSynthesisMixin:
                 sway_sampling_coef=sway_sampling_coef,
                 seed=seed,
                 progress_callback=advance,
+                compile=compile,
             )
         waves = [
             vocode_chunks(vocoder, [mel], inputs.reference.rms)[0]

@@ -18,7 +18,9 @@ machine load (on a shared machine the figures still move with it); the best of a
 - long form: a ten-sentence paragraph cut into one chunk per sentence (upstream's `chunk_text` rule); upstream samples
   the chunks one call after another (with `--upstream-thread-pool` also in the thread pool its default
   `infer_batch_process` uses; the faster of its modes is the baseline), ours all in one batched solve.
-The last two lines are the speed-ups.
+With `--compile` our sampler is also timed with `sample(compile=True)` (torch.compile, inductor): the compilation
+time is reported on its own, the compiled outputs are checked against upstream as well, and the compiled speed-ups
+are printed before the last two lines, which are always the eager (default) configuration's speed-ups.
 """
 
 from __future__ import annotations
@@ -224,6 +226,23 @@ def check_agreement(label: str, ours: torch.Tensor, upstream: torch.Tensor) -> N
         raise SystemExit(f"outputs disagree ({label}: {diff:.2e} > {TOLERANCE:.0e}); timings would be meaningless")
 
 
+def time_compiled(
+    ours_single, ours_longform, up_single: torch.Tensor, up_longform: dict, chunk_durations: list[int], bench
+) -> dict[str, float]:
+    """Our sampler with compile=True: the compiling first calls (timed together), the agreement checks against
+    upstream's outputs, then the best of the usual number of runs for each case."""
+    start = time.perf_counter()
+    single_out = ours_single(compile=True)
+    out = ours_longform(compile=True)
+    compile_seconds = time.perf_counter() - start
+    check_agreement("compiled single utterance", single_out, up_single)
+    for i, frames in enumerate(chunk_durations):
+        check_agreement(f"compiled long-form chunk {i}", out[i, :frames], up_longform[f"chunk_{i}"][0])
+    single = min(timed(lambda: ours_single(compile=True))[0] for _ in range(bench.single_repeats))
+    long = min(timed(lambda: ours_longform(compile=True))[0] for _ in range(bench.longform_repeats))
+    return {"compile": compile_seconds, "single": single, "long": long}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="F5TTS_v1_Small size and short texts (< 5 min)")
@@ -233,6 +252,11 @@ def main() -> None:
         action="store_true",
         help="also time upstream's default long-form path (chunks in a ThreadPoolExecutor); the faster mode is the "
         "baseline",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time sample(compile=True) (torch.compile; the first calls compile, reported separately)",
     )
     args = parser.parse_args()
     bench = QUICK if args.quick else FULL
@@ -280,11 +304,14 @@ def main() -> None:
         batch_noise = seeded_noise(chunk_durations, mel_dim, sampling["seed"])
         batch_cond = ref_mel.expand(len(chunks), -1, -1)
 
-        def ours_single() -> torch.Tensor:
-            return model.sample(ref_mel, single_ids, single_duration, latents=single_noise, **options)
+        def ours_single(compile: bool = False) -> torch.Tensor:
+            return model.sample(ref_mel, single_ids, single_duration, latents=single_noise, compile=compile, **options)
 
-        def ours_longform() -> torch.Tensor:
-            return model.sample(batch_cond, chunk_ids, torch.tensor(chunk_durations), latents=batch_noise, **options)
+        def ours_longform(compile: bool = False) -> torch.Tensor:
+            durations = torch.tensor(chunk_durations)
+            return model.sample(
+                batch_cond, chunk_ids, durations, latents=batch_noise, isolate_samples=True, compile=compile, **options
+            )
 
         generated_single = (single_duration - ref_frames) * HOP_LENGTH / SAMPLING_RATE
         generated_long = sum(d - ref_frames for d in chunk_durations) * HOP_LENGTH / SAMPLING_RATE
@@ -312,6 +339,7 @@ def main() -> None:
             seconds, our_out = timed(ours_single)
             our_single_times.append(seconds)
             check_agreement("single utterance", our_out, up_out["single"])
+            up_single_out = up_out["single"]
             for _ in range(bench.single_repeats - 1):
                 up_single_times.append(upstream.run("single")[0])
                 our_single_times.append(timed(ours_single)[0])
@@ -326,6 +354,8 @@ def main() -> None:
                 up_sequential.append(upstream.run("longform_sequential")[0])
                 our_long_times.append(timed(ours_longform)[0])
             up_threaded = [upstream.run("longform_threaded")[0]] if args.upstream_thread_pool else []
+            if args.compile:
+                compiled = time_compiled(ours_single, ours_longform, up_single_out, up_out, chunk_durations, bench)
         finally:
             upstream.close()
 
@@ -343,6 +373,14 @@ def main() -> None:
     for mode, seconds in up_long_modes.items():
         print(f"  upstream chunk by chunk, {mode}: {seconds:8.2f} s  RTF {seconds / generated_long:6.2f}")
     print(f"  hf_tts batched solve:     {our_long:8.2f} s  RTF {our_long / generated_long:6.2f}")
+    if args.compile:
+        print(f"hf_tts with compile=True (first calls, compiling included: {compiled['compile']:.1f} s):")
+        print(
+            f"  single utterance:         {compiled['single']:8.2f} s  RTF {compiled['single'] / generated_single:6.2f}"
+        )
+        print(f"  long form, batched solve: {compiled['long']:8.2f} s  RTF {compiled['long'] / generated_long:6.2f}")
+        print(f"compiled single-utterance speedup vs upstream: {up_single / compiled['single']:.2f}x")
+        print(f"compiled long-form speedup vs upstream: {up_long / compiled['long']:.2f}x")
     print(f"single-utterance speedup vs upstream: {up_single / our_single:.2f}x")
     print(f"long-form speedup vs upstream: {up_long / our_long:.2f}x")
 

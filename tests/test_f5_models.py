@@ -160,9 +160,15 @@ def test_sample_uses_config_defaults_and_reports_progress():
     assert torch.is_inference(out)
 
 
-def test_batched_sampling_equals_per_sample_sampling():
-    """Two prompts of different lengths and durations in one batch equal each sampled alone with the same latents."""
-    model, c, _ = fixture_model("f5_v1_tiny")
+@pytest.mark.parametrize("name", ["f5_v1_tiny", "f5_v0_tiny", "e2_tiny"])
+def test_isolated_batch_sampling_equals_per_sample_sampling(name):
+    """Two prompts of different lengths and durations in one `isolate_samples` batch equal each sampled alone with
+    the same latents. The text blocks' GRN gains are made large so that any leak of padding would show."""
+    model, c, _ = fixture_model(name)
+    with torch.no_grad():
+        for module_name, parameter in model.named_parameters():
+            if ".grn." in module_name:
+                parameter.normal_(0, 1.0)
     prompt = c["ref_mel"].transpose(1, 2)  # (1, 94, 100)
     lens = torch.tensor([60, 94])
     durations = torch.tensor([110, 150])
@@ -172,19 +178,19 @@ def test_batched_sampling_equals_per_sample_sampling():
     generator = torch.Generator().manual_seed(0)
     latents = torch.randn(2, 150, 100, generator=generator)
     settings = dict(steps=4, cfg_strength=2.0, sway_sampling_coef=-1.0)
+    batch_inputs = (prompt.expand(2, -1, -1), text, durations)
 
-    batched = model.sample(prompt.expand(2, -1, -1), text, durations, lens=lens, latents=latents, **settings)
-    assert batched.shape == (2, 150, 100)
-    for index in range(2):
-        frames = int(durations[index])
-        alone = model.sample(
-            prompt[:, : int(lens[index])],
-            text[index : index + 1, : int((text[index] != -1).sum())],
-            frames,
-            latents=latents[index : index + 1, :frames],
-            **settings,
-        )
-        assert max_diff(batched[index, :frames], alone[0]) <= SAMPLE_TOLERANCE
+    isolated = model.sample(*batch_inputs, lens=lens, latents=latents, isolate_samples=True, **settings)
+    shared = model.sample(*batch_inputs, lens=lens, latents=latents, **settings)  # upstream's batch semantics
+    assert isolated.shape == (2, 150, 100)
+    frames = int(durations[0])
+    alone = model.sample(prompt[:, : int(lens[0])], text[:1, :20], frames, latents=latents[:1, :frames], **settings)
+    assert max_diff(isolated[0, :frames], alone[0]) <= SAMPLE_TOLERANCE
+    # without isolation the short sample sees the batch's padding (as upstream's batch does), so it differs
+    assert max_diff(shared[0, :frames], alone[0]) > 1e-3
+    frames = int(durations[1])
+    alone = model.sample(prompt, text[1:], frames, latents=latents[1:, :frames], **settings)
+    assert max_diff(isolated[1, :frames], alone[0]) <= SAMPLE_TOLERANCE
 
 
 def test_sample_input_errors():

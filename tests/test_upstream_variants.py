@@ -80,15 +80,13 @@ def test_backbone_matches_upstream(converted, name):
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_sampling_matches_upstream(converted, name):
-    """CFM.sample(...) with seed=: every single-prompt case, the no_ref_audio case and, for the model with
-    `attn_mask_enabled`, the batch cases with different prompt lengths and durations. (Batches always mask padded
-    attention keys, a documented difference from upstream, so other models' batch cases are not compared.)"""
+    """CFM.sample(...) with seed=: every single-prompt case, the no_ref_audio case and the batch cases with
+    different prompt lengths and durations (upstream's batch semantics: padding reaches attention unless
+    `attn_mask_enabled`)."""
     model = _load(converted[name])
     cases = load_file(DATA / name / "cases.safetensors")
     for case_name, case in META["sample_cases"].items():
         batch = case["batch"]
-        if batch > 1 and not model.config.attn_mask_enabled:
-            continue
         out = _sample(model, cases, case, batch, no_ref_audio=case.get("no_ref", False))
         torch.testing.assert_close(out, cases[f"sample_{case_name}"], atol=1e-4, rtol=0, msg=f"{name} {case_name}")
 
