@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 from huggingface_hub.errors import StrictDataclassError
 
+from hf_tts.models.cfg_motion import CFGMotionConfig
 from hf_tts.models.e2 import E2TTSConfig
 from hf_tts.models.f5 import F5TTSConfig
+from hf_tts.models.vocos import VocosConfig
 
 # Upstream src/f5_tts/configs/*.yaml `model.arch` (+ `model.tokenizer`); dim_head 64 and dropout 0.1 throughout.
 UPSTREAM_ARCH = {
@@ -70,6 +72,10 @@ def test_preset_overrides_and_unknown_name():
         (F5TTSConfig, {"cfg_strength": -1.0}, "cfg_strength"),
         (E2TTSConfig, {"depth": 3}, "depth"),
         (E2TTSConfig, {"skip_connect_type": "mul"}, "skip_connect_type"),
+        # every config of the package is type-checked, not only the F5/E2 ones
+        (VocosConfig, {"dim": "512"}, "dim"),
+        (VocosConfig, {"num_layers": True}, "num_layers"),
+        (CFGMotionConfig, {"latent_dim": "512"}, "latent_dim"),
     ],
 )
 def test_wrong_values_raise_with_the_field_name(config_class, kwargs, field):

@@ -51,6 +51,19 @@ class Attention(nn.Module):
         head = self.pe_attn_head
         return torch.cat((apply_rotary(x[:, :head], *rope), x[:, head:]), dim=1)
 
+    @classmethod
+    def from_config(cls, config) -> Attention:
+        """The attention of an F5 / E2 transformer block (`dim`, `heads`, `dim_head`, `dropout`, `qk_norm`,
+        `pe_attn_head` fields of a `FlowMatchingTTSConfig`)."""
+        return cls(
+            config.dim,
+            config.heads,
+            config.dim_head,
+            dropout=config.dropout,
+            qk_norm=config.qk_norm,
+            pe_attn_head=config.pe_attn_head,
+        )
+
     def forward(
         self,
         x: torch.Tensor,

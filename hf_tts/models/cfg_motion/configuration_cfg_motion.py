@@ -2,8 +2,6 @@
 classifier-free guidance, long-conditioning windows, and the optional voice front ends (a GPT-SoVITS-style voice
 quantizer and a transformers speech encoder for raw audio)."""
 
-from __future__ import annotations
-
 from typing import ClassVar
 
 from huggingface_hub.dataclasses import strict

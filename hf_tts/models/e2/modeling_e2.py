@@ -28,14 +28,7 @@ class UNetTLayer(GradientCheckpointingLayer, nn.ModuleList):
             [
                 nn.Linear(config.dim * 2, config.dim, bias=False) if needs_skip_proj else None,
                 ScaledL2RMSNorm(config.dim),
-                Attention(
-                    config.dim,
-                    config.heads,
-                    config.dim_head,
-                    dropout=config.dropout,
-                    qk_norm=config.qk_norm,
-                    pe_attn_head=config.pe_attn_head,
-                ),
+                Attention.from_config(config),
                 ScaledL2RMSNorm(config.dim),
                 FeedForward(config.dim, config.ff_mult, dropout=config.dropout),
             ]

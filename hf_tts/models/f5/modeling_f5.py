@@ -23,14 +23,7 @@ class DiTBlock(GradientCheckpointingLayer):
     def __init__(self, config: F5TTSConfig):
         super().__init__()
         self.attn_norm = AdaLayerNormZero(config.dim)
-        self.attn = Attention(
-            config.dim,
-            config.heads,
-            config.dim_head,
-            dropout=config.dropout,
-            qk_norm=config.qk_norm,
-            pe_attn_head=config.pe_attn_head,
-        )
+        self.attn = Attention.from_config(config)
         self.ff_norm = nn.LayerNorm(config.dim, elementwise_affine=False, eps=1e-6)
         self.ff = FeedForward(config.dim, config.ff_mult, dropout=config.dropout)
 

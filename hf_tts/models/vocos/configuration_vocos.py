@@ -1,7 +1,5 @@
 """Vocos configuration: mel features -> ConvNeXt backbone -> ISTFT head (`charactr/vocos-mel-24khz` layout)."""
 
-from __future__ import annotations
-
 from huggingface_hub.dataclasses import strict
 
 from hf_tts.configuration_utils import HfTtsConfig
