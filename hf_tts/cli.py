@@ -13,7 +13,16 @@ import sys
 from collections.abc import Sequence
 
 # Modules under hf_tts.commands, in the order `hf-tts --help` lists them.
-COMMAND_MODULES: tuple[str, ...] = ("convert", "merge", "push", "hub", "synthesize", "attach_vocoder", "animate", "finetune")
+COMMAND_MODULES: tuple[str, ...] = (
+    "convert",
+    "merge",
+    "push",
+    "hub",
+    "synthesize",
+    "attach_vocoder",
+    "animate",
+    "finetune",
+)
 
 EXIT_BAD_INPUT = 2
 
