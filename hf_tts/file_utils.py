@@ -4,6 +4,7 @@
   only when everything succeeded, so an error or Ctrl-C never leaves a half-written folder.
 - `atomic_write_file`: the same for a single file (a WAV, a PNG, an .npy).
 - `load_torch_checkpoint`: `torch.load` that never unpickles arbitrary objects.
+- `read_safetensors_header`: a safetensors file's JSON header without reading any tensor.
 - `sha256_file`: provenance hashes for model cards.
 """
 
@@ -11,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
+import struct
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -111,6 +114,20 @@ def load_torch_checkpoint(path: str | os.PathLike, *, mmap: bool = False, trust_
         raise InputError(
             f"{path} is not a readable PyTorch checkpoint: {str(error).strip().splitlines()[0]}"
         ) from error
+
+
+def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, Any], int]:
+    """(header, data_start) of a safetensors file: the JSON header ({key: {dtype, shape, data_offsets}} plus an
+    optional `__metadata__`) and the byte offset where tensor data begins. Nothing else of the file is read."""
+    try:
+        with open(path, "rb") as handle:
+            (header_size,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(header_size))
+    except (OSError, ValueError, struct.error) as error:
+        raise InputError(f"{path} is not a readable safetensors file: {error}") from error
+    if not isinstance(header, dict):
+        raise InputError(f"{path} is not a readable safetensors file: its header is not a JSON object")
+    return header, 8 + header_size
 
 
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:

@@ -16,6 +16,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -251,6 +252,25 @@ def load_speech_model(
     return model.eval()
 
 
+def plot_mel(mel: torch.Tensor | np.ndarray, path: str | os.PathLike | BinaryIO, title: str | None = None) -> None:
+    """Save a (n_mels, frames) log-mel as a PNG picture (matplotlib, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(12, 4))
+    image = axes.imshow(np.asarray(mel), origin="lower", aspect="auto", interpolation="none")
+    axes.set_xlabel("frame")
+    axes.set_ylabel("mel channel")
+    if title:
+        axes.set_title(title)
+    figure.colorbar(image, ax=axes, label="log magnitude")
+    figure.tight_layout()
+    figure.savefig(path, format="png")
+    plt.close(figure)
+
+
 def _vocoder_weights(vocoder_source: str | os.PathLike) -> Path | dict[str, str]:
     """The vocoder's weights file for the card's provenance (hashed there), or its repo id."""
     folder = Path(vocoder_source)
@@ -297,6 +317,7 @@ __all__ = [
     "cross_fade",
     "join_chunks",
     "load_speech_model",
+    "plot_mel",
     "sample_chunks",
     "vocode_chunks",
 ]

@@ -115,23 +115,6 @@ def reference_voice(sampling_rate: int, seconds: float = 2.0):
     return (0.1 * tone * envelope / np.abs(tone).max()).astype(np.float32)
 
 
-def save_mel_picture(mel, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(10, 3.5))
-    image = axis.imshow(mel, origin="lower", aspect="auto", interpolation="none")
-    axis.set_xlabel("frame")
-    axis.set_ylabel("mel bin")
-    axis.set_title(title)
-    figure.colorbar(image, ax=axis, label="log magnitude")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(PROJECT_ROOT / "demo_out"), help="output folder (default: demo_out/)")
@@ -156,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 
         import hf_tts
         from hf_tts.hub.push import push_folder
+        from hf_tts.synthesis import plot_mel
 
         timings["start registry + imports"] = time.perf_counter() - started
         print(f"local registry: {url} (root {scratch / 'registry'})")
@@ -214,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         timings[f"synthesize ({args.nfe_step} steps)"] = synthesis_seconds
         soundfile.write(out / "speech.wav", audio, speech["sampling_rate"])
         mel = merged.mel_spec(torch.from_numpy(audio)[None])[0].numpy()
-        save_mel_picture(mel, out / "mel.png", f"{merged_id}: {TEXT!r}")
+        plot_mel(mel, out / "mel.png", title=f"{merged_id}: {TEXT!r}")
 
         print()
         print("summary")

@@ -115,3 +115,19 @@ def test_single_files_are_written_whole_or_not_at_all(tmp_path):
     finally:
         os.umask(umask)
     assert stat.S_IMODE((tmp_path / "speech.wav").stat().st_mode) == 0o644
+
+
+def test_safetensors_header_is_read_without_the_tensors(tmp_path):
+    from safetensors.torch import save_file
+
+    from hf_tts.file_utils import read_safetensors_header
+
+    path = tmp_path / "model.safetensors"
+    save_file({"weight": torch.zeros(2, 3), "step": torch.tensor(7)}, path, metadata={"format": "pt"})
+    header, data_start = read_safetensors_header(path)
+    assert header["weight"]["shape"] == [2, 3] and header["step"]["dtype"] == "I64"
+    assert header["__metadata__"] == {"format": "pt"}
+    assert data_start + header["weight"]["data_offsets"][1] <= path.stat().st_size
+    (tmp_path / "broken.safetensors").write_bytes(b"\x05")
+    with pytest.raises(InputError, match="broken.safetensors is not a readable safetensors file"):
+        read_safetensors_header(tmp_path / "broken.safetensors")

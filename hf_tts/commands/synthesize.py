@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
-from typing import BinaryIO
 
 from hf_tts.errors import InputError
 from hf_tts.file_utils import atomic_write_file
@@ -60,29 +58,12 @@ def _read_text(args: argparse.Namespace) -> str:
         raise InputError(f"text file {path} is not UTF-8 text") from error
 
 
-def plot_mel(mel, path: str | os.PathLike | BinaryIO) -> None:
-    """Save a (n_mels, frames) log-mel as a PNG picture (matplotlib, Agg backend)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(12, 4))
-    image = axes.imshow(mel.numpy(), origin="lower", aspect="auto", interpolation="none")
-    axes.set_xlabel("frame")
-    axes.set_ylabel("mel channel")
-    figure.colorbar(image, ax=axes, label="log magnitude")
-    figure.tight_layout()
-    figure.savefig(path, format="png")
-    plt.close(figure)
-
-
 def _run(args: argparse.Namespace) -> int:
     import soundfile
     import torch
 
     from hf_tts.processing import normalize_reference_text
-    from hf_tts.synthesis import load_speech_model
+    from hf_tts.synthesis import load_speech_model, plot_mel
 
     out, plot = Path(args.out), Path(args.plot) if args.plot else None
     if out.suffix.lower() != ".wav":

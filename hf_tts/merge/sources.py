@@ -23,7 +23,6 @@ import math
 import mmap
 import os
 import re
-import struct
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ import torch
 from transformers.utils import logging
 
 from hf_tts.errors import InputError
-from hf_tts.file_utils import load_torch_checkpoint
+from hf_tts.file_utils import load_torch_checkpoint, read_safetensors_header
 
 logger = logging.get_logger(__name__)
 
@@ -136,17 +135,14 @@ class MappedSafetensors(Mapping):
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        header, self._data_start = read_safetensors_header(self.path)
         try:
-            with open(self.path, "rb") as handle:
-                (header_size,) = struct.unpack("<Q", handle.read(8))
-                header = json.loads(handle.read(header_size))
             self._file = open(self.path, "rb", buffering=0)  # noqa: SIM115 (read from until the reader is dropped)
             # A private mapping: a stray write could never reach the file.
             self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_COPY)
-        except (OSError, ValueError, struct.error) as error:
+        except (OSError, ValueError) as error:
             raise InputError(f"{self.path} is not a readable safetensors file: {error}") from error
         self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
-        self._data_start = 8 + header_size
         self._entries: dict[str, tuple[TensorInfo, int, int]] = {}
         for key, entry in header.items():
             if entry["dtype"] not in SAFETENSORS_DTYPES:

@@ -20,6 +20,7 @@ import torch
 
 from hf_tts.configuration_utils import FlowMatchingTTSConfig
 from hf_tts.errors import CheckpointMismatchError
+from hf_tts.file_utils import read_safetensors_header
 
 FAMILY_NAMES = {"hf_tts_f5": "F5-TTS (DiT)", "hf_tts_e2": "E2-TTS (UNetT)"}
 _BACKBONE_PREFIX = re.compile(r"^(?:backbone|transformer)\.")
@@ -193,9 +194,7 @@ def zero_init_keys(model_class: type[torch.nn.Module], config: FlowMatchingTTSCo
 
 def read_safetensors_shapes(path: str | os.PathLike) -> dict[str, tuple]:
     """{key: shape} from a safetensors file's JSON header only (the tensors are not read)."""
-    with open(path, "rb") as handle:
-        header_size = int.from_bytes(handle.read(8), "little")
-        header = json.loads(handle.read(header_size))
+    header, _ = read_safetensors_header(path)
     return {key: tuple(entry["shape"]) for key, entry in header.items() if key != "__metadata__"}
 
 
