@@ -5,7 +5,7 @@
 - `atomic_write_file`: the same for a single file (a WAV, a PNG, an .npy).
 - `load_torch_checkpoint`: `torch.load` that never unpickles arbitrary objects.
 - `read_safetensors_header`: a safetensors file's JSON header without reading any tensor.
-- `sha256_file`: provenance hashes for model cards.
+- `sha256_file`: provenance hashes for model cards, optionally remembered in a stat-keyed cache (`HF_TTS_CACHE`).
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import struct
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -130,10 +132,71 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, Any], in
     return header, 8 + header_size
 
 
-def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks (model files can be gigabytes)."""
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+# huggingface_hub stores downloads as `<cache>/models--owner--name/blobs/<etag>`; a 64-hex etag is the LFS object
+# id, the sha256 of the content.
+_HUB_REPO_FOLDER = ("models--", "datasets--", "spaces--")
+# A file changed less than this before it was hashed may change again within the same timestamp tick, unseen by its
+# mtime and ctime, so its hash is not remembered (git's "racy clean" rule).
+_RACY_WINDOW_NS = 2_000_000_000
+
+
+def hash_cache_dir() -> Path | None:
+    """Where `sha256_file(..., cache=True)` remembers hashes: `$HF_TTS_CACHE/sha256` (default
+    `~/.cache/hf_tts/sha256`); None when `HF_TTS_CACHE` is set to an empty string (no cache)."""
+    root = os.environ.get("HF_TTS_CACHE")
+    if root is None:
+        root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "hf_tts")
+    return Path(root) / "sha256" if root else None
+
+
+def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20, *, cache: bool = False) -> str:
+    """Hex sha256 of a file, read in chunks (model files can be gigabytes).
+
+    With `cache=True` a file in the Hugging Face cache is named by its blob's sha256 without reading it, and other
+    files' hashes are remembered under `hash_cache_dir()` keyed by path, inode, size, mtime and ctime, so hashing
+    the same multi-gigabyte inputs for a second merge costs nothing; any change to the file misses the cache.
+    """
+    real = Path(os.path.realpath(path))
+    if cache and _is_hub_blob(real):
+        return real.name
+    before = real.stat()
+    entry = _hash_cache_entry(real) if cache else None
+    signature = _stat_signature(before)
+    if entry is not None:
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            remembered = json.loads(entry.read_text(encoding="utf-8"))
+            if remembered["signature"] == signature and _SHA256_HEX.fullmatch(remembered["sha256"]):
+                return remembered["sha256"]
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open(real, "rb") as handle:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
-    return digest.hexdigest()
+    hexdigest = digest.hexdigest()
+    settled = time.time_ns() - max(before.st_mtime_ns, before.st_ctime_ns) > _RACY_WINDOW_NS
+    if entry is not None and settled and _stat_signature(real.stat()) == signature:
+        record = json.dumps({"path": str(real), "signature": signature, "sha256": hexdigest}).encode()
+        # A cache that cannot be written (read-only home, full disk) only costs the next merge a re-hash.
+        with contextlib.suppress(OSError):
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_file(entry, lambda stream: stream.write(record))
+    return hexdigest
+
+
+def _is_hub_blob(real_path: Path) -> bool:
+    return (
+        real_path.parent.name == "blobs"
+        and real_path.parent.parent.name.startswith(_HUB_REPO_FOLDER)
+        and _SHA256_HEX.fullmatch(real_path.name) is not None
+    )
+
+
+def _hash_cache_entry(real_path: Path) -> Path | None:
+    folder = hash_cache_dir()
+    return None if folder is None else folder / f"{hashlib.sha256(os.fsencode(real_path)).hexdigest()[:40]}.json"
+
+
+def _stat_signature(stat: os.stat_result) -> list[int]:
+    """What must be unchanged for a remembered hash to hold: writing the file moves mtime and ctime (ctime cannot be
+    set back by the writer), replacing it changes the inode."""
+    return [stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]

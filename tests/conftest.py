@@ -55,3 +55,11 @@ def local_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     yield server
     server.stop()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_hash_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Hashes the tests compute are remembered in a folder of the test session, never in the user's ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_TTS_CACHE", str(tmp_path_factory.mktemp("hf_tts-cache")))
+        yield

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
+import time
 
 import pytest
 import torch
 
 from hf_tts.errors import InputError
-from hf_tts.file_utils import atomic_output_dir, atomic_write_file, load_torch_checkpoint, sha256_file
+from hf_tts.file_utils import (
+    atomic_output_dir,
+    atomic_write_file,
+    hash_cache_dir,
+    load_torch_checkpoint,
+    sha256_file,
+)
 
 
 def _entries(folder):
@@ -90,6 +98,79 @@ def test_sha256_matches_hashlib(tmp_path):
     data = os.urandom(3 * 1024 * 1024 + 17)
     (tmp_path / "blob").write_bytes(data)
     assert sha256_file(tmp_path / "blob", chunk_size=1 << 20) == hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def hash_cache(tmp_path, monkeypatch):
+    """A private hash cache whose racy window is 20 ms instead of 2 s, so tests need not wait for files to settle."""
+    import hf_tts.file_utils as file_utils
+
+    monkeypatch.setenv("HF_TTS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(file_utils, "_RACY_WINDOW_NS", 20_000_000)
+    return tmp_path / "cache" / "sha256"
+
+
+def _settled_file(path, data: bytes):
+    """Write `data`, then wait out the (test-sized) racy window so its hash may be remembered."""
+    path.write_bytes(data)
+    time.sleep(0.05)
+    return path
+
+
+def test_hash_cache_remembers_a_settled_file_and_misses_after_any_change(tmp_path, hash_cache):
+    path = _settled_file(tmp_path / "model.safetensors", b"first version")
+    assert sha256_file(path, cache=True) == hashlib.sha256(b"first version").hexdigest()
+    assert hash_cache_dir() == hash_cache
+    (entry,) = hash_cache.iterdir()
+    # Proof that a second call is served from the cache and does not read the file: a doctored entry is believed...
+    record = json.loads(entry.read_text())
+    entry.write_text(json.dumps({**record, "sha256": "0" * 64}))
+    assert sha256_file(path, cache=True) == "0" * 64
+    # ...but never without cache=True (integrity checks always read the bytes)...
+    assert sha256_file(path) == hashlib.sha256(b"first version").hexdigest()
+    # ...and a rewrite of the same size with the old mtime put back still moves the ctime: a miss.
+    _settled_file(path, b"other version")
+    os.utime(path, ns=(record["signature"][3], record["signature"][3]))
+    assert sha256_file(path, cache=True) == hashlib.sha256(b"other version").hexdigest()
+
+
+def test_hash_cache_skips_recently_modified_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TTS_CACHE", str(tmp_path / "cache"))
+    hash_cache = tmp_path / "cache" / "sha256"
+    path = tmp_path / "fresh.bin"
+    path.write_bytes(b"still being written?")
+    assert sha256_file(path, cache=True) == hashlib.sha256(b"still being written?").hexdigest()
+    assert not hash_cache.exists() or not any(hash_cache.iterdir())
+
+
+def test_hash_cache_disabled_or_unwritable_still_hashes(tmp_path, monkeypatch, hash_cache):
+    path = _settled_file(tmp_path / "weights.bin", b"abc")
+    monkeypatch.setenv("HF_TTS_CACHE", "")
+    assert hash_cache_dir() is None
+    assert sha256_file(path, cache=True) == hashlib.sha256(b"abc").hexdigest()
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder would go")
+    monkeypatch.setenv("HF_TTS_CACHE", str(blocker))
+    assert sha256_file(path, cache=True) == hashlib.sha256(b"abc").hexdigest()
+
+
+def test_hub_cache_blobs_are_named_by_their_sha256(tmp_path, hash_cache):
+    """A file under huggingface_hub's cache is a symlink to `blobs/<sha256>`: the name is the hash, nothing is read
+    (the content here deliberately does not match the name, to prove it)."""
+    name = hashlib.sha256(b"the real content").hexdigest()
+    blob = tmp_path / "hub" / "models--someone--voice" / "blobs" / name
+    blob.parent.mkdir(parents=True)
+    blob.write_bytes(b"not read")
+    snapshot = tmp_path / "hub" / "models--someone--voice" / "snapshots" / "abc123" / "model.safetensors"
+    snapshot.parent.mkdir(parents=True)
+    snapshot.symlink_to(blob)
+    assert sha256_file(snapshot, cache=True) == name
+    assert sha256_file(snapshot) == hashlib.sha256(b"not read").hexdigest()
+    # The same name outside a Hub repo folder is hashed like any file.
+    lookalike = tmp_path / "mine" / "blobs" / name
+    lookalike.parent.mkdir(parents=True)
+    lookalike.write_bytes(b"not read")
+    assert sha256_file(lookalike, cache=True) == hashlib.sha256(b"not read").hexdigest()
 
 
 def test_single_files_are_written_whole_or_not_at_all(tmp_path):

@@ -425,6 +425,28 @@ def test_merging_in_slices_gives_the_same_bytes(folders, tmp_path, monkeypatch, 
         np.testing.assert_allclose(sliced_report.distances[block], row, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("method", ["linear", "ties"])
+def test_worker_count_changes_nothing(folders, tmp_path, monkeypatch, method):
+    """Slices merged by 1 or 3 threads give the same bytes and exactly the same distance statistics (they are summed
+    in output order whatever thread computed them)."""
+    import hf_tts.merge as merge_module
+    import hf_tts.merge.stream as stream
+
+    monkeypatch.setattr(stream, "CHUNK_ELEMENTS", 50)
+    kwargs = {"weights": [1.0, 0.5, 2.0], "method": method}
+    if method == "ties":
+        kwargs["base"] = folders[3]
+    results = {}
+    for workers in (1, 3):
+        monkeypatch.setattr(merge_module, "MERGE_WORKERS", workers)
+        results[workers] = hf_tts.merge(folders[:3], out_dir=tmp_path / f"workers{workers}", **kwargs)
+    assert (
+        results[1].path.joinpath("model.safetensors").read_bytes()
+        == results[3].path.joinpath("model.safetensors").read_bytes()
+    )
+    assert results[1].report.distances == results[3].report.distances
+
+
 @pytest.mark.parametrize("weight", [1.0, 0.0])
 def test_nan_in_a_later_slice_refused_even_with_zero_weight(folders, tmp_path, monkeypatch, weight):
     import hf_tts.merge.stream as stream

@@ -110,7 +110,7 @@ def _describe_sources(sources: Iterable[str | os.PathLike | Mapping[str, Any]] |
         path = Path(source)
         if not path.is_file():
             raise InputError(f"model card source {path} is not a file; pass the checkpoint that was read")
-        described.append({"name": path.name, "sha256": sha256_file(path), "size": path.stat().st_size})
+        described.append({"name": path.name, "sha256": sha256_file(path, cache=True), "size": path.stat().st_size})
     return described
 
 

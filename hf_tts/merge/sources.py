@@ -130,7 +130,7 @@ class MappedSafetensors(Mapping):
     would grow to the size of every input; the header format is simple and documented, so it is parsed here.
     Slices go through `pread` because mapping pages costs more than copying them out of the page cache (measured
     1.6-9.6 GB/s to populate and drop mappings against 11 GB/s for 128 KiB `pread`s), and a copy into a small
-    reused buffer leaves the slice in the CPU cache for the merge arithmetic.
+    reused buffer leaves the slice in the CPU's cache for the merge arithmetic.
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -209,9 +209,10 @@ class StateDictReader:
         self._flat: tuple[str, torch.Tensor] | None = None  # the key being read in slices, flattened once
 
     def read(self, key: str, start: int, out: torch.Tensor) -> torch.Tensor:
-        if self._flat is None or self._flat[0] != key:
-            self._flat = (key, self._state_dict[key].reshape(-1))  # a view unless the tensor is not contiguous
-        return self._flat[1][start : start + out.numel()]
+        flat = self._flat  # one read of the attribute: `release` may run on the merge's other thread
+        if flat is None or flat[0] != key:
+            flat = self._flat = (key, self._state_dict[key].reshape(-1))  # a view unless the tensor is not contiguous
+        return flat[1][start : start + out.numel()]
 
     def infos(self) -> dict[str, TensorInfo]:
         return {key: TensorInfo(tuple(value.shape), value.dtype) for key, value in self._state_dict.items()}

@@ -1,16 +1,19 @@
-"""Per-tensor streaming compute: for each key, map the sources' tensors, merge them slice by slice, hand pages back.
+"""Streaming compute: the output is cut into slice jobs; worker threads read each job's slice of every input, merge
+it, hand it to the writer, and hand a tensor's pages back once all its slices are done.
 
-Peak memory is one slice-sized accumulator for elementwise methods (linear, task arithmetic, TIES without pruning)
-and the method's few buffers for the largest tensor otherwise (fp32, or fp64 for fp64), whatever the number of
-sources; the input views are memory maps that are released as soon as their key is done.
+Peak memory is, per worker, one slice of every input and one slice-sized accumulator for elementwise methods
+(linear, task arithmetic, TIES without pruning), and the method's few buffers for the largest tensor otherwise (fp32,
+or fp64 for fp64), whatever the number of sources.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
 import re
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -20,9 +23,10 @@ from hf_tts.merge import methods
 from hf_tts.merge.plan import MergePlan, TensorTask
 from hf_tts.merge.sources import TensorReader
 
-# Elements per slice of an elementwise merge (128 KiB of fp32): every source's slice and the accumulator fit in a 1 MiB
-# L2 cache together, so each input byte is fetched from memory once (2^15 and 2^16 measured alike, 2^14 slower).
-CHUNK_ELEMENTS = 1 << 15
+# Elements per slice of an elementwise merge (1 MiB of fp32 per input): a slice costs a dozen calls whatever its size,
+# so small slices are bound by call overhead. Streaming 4 x 1.35 GB from the page cache measured 2.07 s with 2^14,
+# 1.51 s with 2^15, 0.96 s with 2^18 (2^19 alike) and 2.49 s with 2^20.
+CHUNK_ELEMENTS = 1 << 18
 _NUMBERED_BLOCK = re.compile(r"^(.*?\.\d+)(?:\.|$)")
 
 
@@ -35,10 +39,10 @@ def block_name(key: str) -> str:
 
 @contextlib.contextmanager
 def single_torch_thread() -> Iterator[None]:
-    """Run torch ops on the calling thread only, restoring the previous setting afterwards.
+    """Run each torch op on the thread that calls it, restoring the previous setting afterwards.
 
-    A slice is too small for intra-op parallelism to pay, the other core hashes the inputs, and on a busy machine
-    each parallel op waits for its slowest (descheduled) worker: measured 3x slower merges with 2 threads.
+    The merge has its own worker threads (and hashing threads) on the cores; intra-op parallelism on top of them
+    only makes each op wait for its slowest, descheduled helper (measured 3x slower merges).
     """
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -86,100 +90,179 @@ def _is_elementwise(plan: MergePlan) -> bool:
     return recipe.method in ("linear", "task_arithmetic") or (recipe.method == "ties" and recipe.density >= 1.0)
 
 
-def _merge(plan: MergePlan, task: TensorTask, views: list[torch.Tensor], base: torch.Tensor | None, out: torch.Tensor):
-    """The merged values of `views` (whole tensors or matching chunks), in the accumulator dtype; linear merges
-    write into `out`."""
+def _merge(
+    plan: MergePlan, task: TensorTask, inputs: torch.Tensor | Sequence[torch.Tensor], out: torch.Tensor | None
+) -> torch.Tensor:
+    """The merged values of `inputs` (the sources' slices stacked, or their whole tensors in a list; then the base if
+    the method has one), in the accumulator dtype; linear merges (always sliced) write into `out`."""
     recipe = plan.recipe
     weights = list(task.weights)
+    sources = inputs[: len(plan.sources)]
+    base = inputs[-1] if plan.base is not None else None
     if recipe.method == "linear":
-        return methods.linear(views, weights, recipe.normalize, out=out)
+        return methods.linear(sources, weights, recipe.normalize, out=out)
     if recipe.method == "slerp":
-        return methods.slerp(views[0], views[1], weights[1] / math.fsum(weights))
+        return methods.slerp(sources[0], sources[1], weights[1] / math.fsum(weights))
     if recipe.method == "task_arithmetic":
-        return methods.task_arithmetic(base, views, weights, recipe.normalize, recipe.scale)
-    return methods.ties(base, views, weights, recipe.density, recipe.normalize, recipe.scale)
+        return methods.task_arithmetic(base, sources, weights, recipe.normalize, recipe.scale)
+    return methods.ties(base, sources, weights, recipe.density, recipe.normalize, recipe.scale)
 
 
 def _chunk_statistics(
-    labelled_chunks: list[tuple[str, torch.Tensor]], merged: torch.Tensor, key: str, source_count: int
+    labels: list[str], inputs: torch.Tensor, merged: torch.Tensor, key: str, source_count: int
 ) -> tuple[list[float], list[float], float]:
-    """(source . merge, |input|^2, |merge|^2) of one chunk, read while it is still in the cache.
+    """(source . merge, |input|^2, |merge|^2) of one slice (`inputs` stacked, one row per input), read while it is
+    still in the cache.
 
     The squared norms double as the NaN/Inf check: a NaN or Inf entry makes the norm non-finite (whatever the merge
     weights, a zero weight included), and only then, or when finite values overflow it, is the exact check run.
     """
-    dots, squared_norms = [], []
-    for index, (label, chunk) in enumerate(labelled_chunks):
-        chunk = chunk if chunk.dtype == merged.dtype else chunk.to(merged.dtype)
-        squared_norms.append(torch.dot(chunk, chunk).item())
-        if not math.isfinite(squared_norms[-1]) and not torch.isfinite(chunk).all():
-            raise InputError(f"{label}: tensor {key!r} contains NaN or Inf; fix or drop that checkpoint")
-        if index < source_count:
-            dots.append(torch.dot(chunk, merged).item())
+    inputs = inputs.to(merged.dtype)
+    squared_norms = torch.linalg.vector_norm(inputs, dim=1).square_().tolist()
+    for index, squared_norm in enumerate(squared_norms):
+        if not math.isfinite(squared_norm) and not torch.isfinite(inputs[index]).all():
+            raise InputError(f"{labels[index]}: tensor {key!r} contains NaN or Inf; fix or drop that checkpoint")
+    dots = torch.mv(inputs[:source_count], merged).tolist()
     return dots, squared_norms, torch.dot(merged, merged).item()
 
 
-def _merged_slices(
-    plan: MergePlan, task: TensorTask, readers: list[TensorReader], buffers: list[torch.Tensor], out: torch.Tensor
-) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
-    """(the inputs' slices, the merged slice) of an elementwise merge, each input slice read into its buffer."""
-    source_count = len(plan.sources)
-    for start in range(0, task.info.numel, CHUNK_ELEMENTS):
-        chunks = [reader.read(task.key, start, buffer) for reader, buffer in zip(readers, buffers)]
-        base = chunks[-1] if plan.base is not None else None
-        yield chunks, _merge(plan, task, chunks[:source_count], base, out[: chunks[0].numel()])
+@dataclass(frozen=True)
+class SliceJob:
+    """Elements `start:start + count` of one tensor: the unit of work a merge worker takes."""
+
+    index: int  # position in the output order; statistics are summed in this order, whatever the worker count
+    task: TensorTask
+    start: int
+    count: int
 
 
-def _slices_of_whole_merge(
-    plan: MergePlan, task: TensorTask, readers: list[TensorReader]
-) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
-    """(the inputs' slices, the merged slice) of a method that needs whole tensors, merged once up front."""
-    views = [reader.tensor(task.key) for reader in readers]
-    base = views[-1] if plan.base is not None else None
-    merged = _merge(plan, task, views[: len(plan.sources)], base, None).reshape(-1)
-    flats = [view.reshape(-1) for view in views]
-    for start in range(0, task.info.numel, CHUNK_ELEMENTS):
-        yield [flat[start : start + CHUNK_ELEMENTS] for flat in flats], merged[start : start + CHUNK_ELEMENTS]
-
-
-def merged_chunks(
-    plan: MergePlan, keys: Iterable[str], stats: DistanceStats
-) -> Iterator[tuple[TensorTask, torch.Tensor]]:
-    """Yield (task, next piece of its merged tensor in the output dtype, flattened) for `keys`, in that order.
-
-    Elementwise methods run on `CHUNK_ELEMENTS`-sized slices: each slice of every input is read once into a small
-    reused buffer, and the accumulation, the NaN/Inf check, the distance statistics and the cast to the output dtype
-    all use it while it is in the cache. A yielded piece is only valid until the next one is requested.
-    """
+def slice_jobs(plan: MergePlan, keys: Iterable[str]) -> list[SliceJob]:
+    """The jobs that produce `keys`' tensors in order: `CHUNK_ELEMENTS`-sized slices of merged tensors, one job per
+    copied tensor (integer buffers, vocoder weights)."""
     tasks = {task.key: task for task in plan.tasks}
-    labelled = [(f"source {index + 1} ({source.spec})", source) for index, source in enumerate(plan.sources)]
-    if plan.base is not None:
-        labelled.append((f"base ({plan.base.spec})", plan.base))
-    labels = [label for label, _ in labelled]
-    readers = [source.reader for _, source in labelled]
-    source_count = len(plan.sources)
-    elementwise = _is_elementwise(plan)
-    # Reused across keys: per input dtype one slice buffer per input, per accumulator dtype one output slice.
-    input_buffers: dict[torch.dtype, list[torch.Tensor]] = {}
-    accumulators: dict[torch.dtype, torch.Tensor] = {}
+    jobs: list[SliceJob] = []
     for key in keys:
         task = tasks[key]
-        if not task.merged:
-            yield task, readers[0].tensor(key).reshape(-1)  # every source agrees (checked by the plan)
+        step = CHUNK_ELEMENTS if task.merged else max(task.info.numel, 1)
+        for start in range(0, max(task.info.numel, 1), step):
+            jobs.append(SliceJob(len(jobs), task, start, min(step, task.info.numel - start)))
+    return jobs
+
+
+class _SliceWorker:
+    """One thread's merge state: its slice buffers (reused across keys) and, for methods that need whole tensors,
+    the tensor merged last."""
+
+    def __init__(self, plan: MergePlan, labelled: list[tuple[str, TensorReader]]):
+        self.plan = plan
+        self.labels = [label for label, _ in labelled]
+        self.readers = [reader for _, reader in labelled]
+        self.elementwise = _is_elementwise(plan)
+        self._input_buffers: dict[torch.dtype, torch.Tensor] = {}  # per input dtype, one row per input
+        self._accumulators: dict[torch.dtype, torch.Tensor] = {}  # per accumulator dtype
+        self._whole: tuple[str, list[torch.Tensor], torch.Tensor] | None = None  # key, flat inputs, flat merge
+
+    def run(self, job: SliceJob) -> tuple[torch.Tensor, tuple[list[float], list[float], float] | None]:
+        """(the job's merged elements in the output dtype, flat; their distance statistics, None for a copy)."""
+        task = job.task
+        if not task.merged:  # every source agrees (checked by the plan)
+            return self.readers[0].tensor(task.key).reshape(-1), None
+        if self.elementwise:
+            inputs = self._read_stacked(job)
+            accumulator = self._buffer(self._accumulators, (CHUNK_ELEMENTS,), methods.accumulator_dtype(inputs.dtype))
+            merged = _merge(self.plan, task, inputs, accumulator[: job.count])
         else:
-            if elementwise:
-                dtype, accumulator_dtype = task.info.dtype, methods.accumulator_dtype(task.info.dtype)
-                if dtype not in input_buffers:
-                    input_buffers[dtype] = [torch.empty(CHUNK_ELEMENTS, dtype=dtype) for _ in readers]
-                if accumulator_dtype not in accumulators:
-                    accumulators[accumulator_dtype] = torch.empty(CHUNK_ELEMENTS, dtype=accumulator_dtype)
-                slices = _merged_slices(plan, task, readers, input_buffers[dtype], accumulators[accumulator_dtype])
-            else:
-                slices = _slices_of_whole_merge(plan, task, readers)
-            block = block_name(key)
-            for chunks, merged in slices:
-                stats.add(block, *_chunk_statistics(list(zip(labels, chunks)), merged, key, source_count))
-                yield task, merged.to(task.out_dtype)
-            del slices  # drops a whole-tensor merge before the pages are released
-        for reader in readers:
-            reader.release(key)
+            if self._whole is None or self._whole[0] != task.key:
+                self._whole = None  # drop the previous tensor's merge before making the next
+                flats = [reader.tensor(task.key).reshape(-1) for reader in self.readers]
+                self._whole = (task.key, flats, _merge(self.plan, task, flats, None).reshape(-1))
+            _, flats, whole = self._whole
+            inputs = torch.stack([flat[job.start : job.start + job.count] for flat in flats])
+            merged = whole[job.start : job.start + job.count]
+        statistics = _chunk_statistics(self.labels, inputs, merged, task.key, len(self.plan.sources))
+        return merged.to(task.out_dtype), statistics
+
+    def finish_key(self) -> None:
+        self._whole = None
+
+    def _read_stacked(self, job: SliceJob) -> torch.Tensor:
+        dtype = job.task.info.dtype
+        inputs = self._buffer(self._input_buffers, (len(self.readers), CHUNK_ELEMENTS), dtype)[:, : job.count]
+        for reader, row in zip(self.readers, inputs):
+            piece = reader.read(job.task.key, job.start, row)
+            if piece.data_ptr() != row.data_ptr():  # a reader that hands out views of memory it already holds
+                row.copy_(piece)
+        return inputs
+
+    @staticmethod
+    def _buffer(buffers: dict[torch.dtype, torch.Tensor], shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        if dtype not in buffers:
+            buffers[dtype] = torch.empty(shape, dtype=dtype)
+        return buffers[dtype]
+
+
+def stream_merge(
+    plan: MergePlan,
+    keys: Iterable[str],
+    write: Callable[[SliceJob, torch.Tensor], None],
+    stats: DistanceStats,
+    workers: int = 1,
+) -> None:
+    """Merge `keys`' tensors and hand each merged slice to `write(job, flat_tensor)` (called from worker threads, each
+    slice once, in no particular order); add the distance statistics to `stats` in output order.
+
+    Elementwise methods spread their slices over `workers` threads (each reads, merges and writes its own slices;
+    torch ops and file I/O release the GIL). Methods that need whole tensors run on one thread, so memory stays at
+    one tensor's merge. An error stops every worker; the one raised is the first in output order.
+    """
+    labelled = [(f"source {index + 1} ({source.spec})", source.reader) for index, source in enumerate(plan.sources)]
+    if plan.base is not None:
+        labelled.append((f"base ({plan.base.spec})", plan.base.reader))
+    jobs = slice_jobs(plan, keys)
+    if not _is_elementwise(plan):
+        workers = 1
+    remaining = collections.Counter(job.task.key for job in jobs)  # slices left per key, to release its pages
+    statistics: list[tuple[list[float], list[float], float] | None] = [None] * len(jobs)
+    failures: dict[int, BaseException] = {}
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def work(worker_jobs: list[SliceJob]) -> None:
+        worker = _SliceWorker(plan, labelled)
+        for job in worker_jobs:
+            if stop.is_set():
+                return
+            try:
+                merged, statistics[job.index] = worker.run(job)
+                write(job, merged)
+            except BaseException as error:  # noqa: BLE001 (re-raised by the caller, first in output order)
+                failures[job.index] = error
+                stop.set()
+                return
+            with lock:
+                remaining[job.task.key] -= 1
+                done = remaining[job.task.key] == 0
+            if done:
+                worker.finish_key()
+                for _, reader in labelled:
+                    reader.release(job.task.key)
+
+    if workers == 1:
+        work(jobs)
+    else:
+        threads = [threading.Thread(target=work, args=(jobs[index::workers],), daemon=True) for index in range(workers)]
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        except BaseException:  # Ctrl-C in the calling thread: let the workers finish their current slice and stop
+            stop.set()
+            for thread in threads:
+                thread.join()
+            raise
+    if failures:
+        raise failures[min(failures)]
+    for job, job_statistics in zip(jobs, statistics):
+        if job_statistics is not None:
+            stats.add(block_name(job.task.key), *job_statistics)

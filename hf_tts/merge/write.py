@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import json
+import os
 import shutil
 import struct
 from pathlib import Path
@@ -25,7 +27,7 @@ from hf_tts.merge.sources import (
     MappedSafetensors,
     TensorInfo,
 )
-from hf_tts.merge.stream import DistanceStats, merged_chunks
+from hf_tts.merge.stream import DistanceStats, SliceJob, stream_merge
 
 RECIPE_NAME = "merge_recipe.yaml"
 PLOT_NAME = "merge_distance.png"
@@ -58,8 +60,11 @@ def _shard_names(count: int) -> list[str]:
     return [f"model-{index + 1:05d}-of-{count:05d}.safetensors" for index in range(count)]
 
 
-def write_weight_shards(plan: MergePlan, folder: Path, stats: DistanceStats, shards: list[list[str]]) -> list[Path]:
-    """Stream the merged tensors into safetensors shards under `folder` (plus the index when there are several)."""
+def write_weight_shards(
+    plan: MergePlan, folder: Path, stats: DistanceStats, shards: list[list[str]], workers: int = 1
+) -> list[Path]:
+    """Stream the merged tensors into safetensors shards under `folder` (plus the index when there are several);
+    `workers` threads merge slices and write each at its offset, known from the header."""
     out_dtypes = {task.key: task.out_dtype for task in plan.tasks}
     shapes = {task.key: task.info.shape for task in plan.tasks}
     paths, weight_map = [], {}
@@ -67,7 +72,7 @@ def write_weight_shards(plan: MergePlan, folder: Path, stats: DistanceStats, sha
         # Largest element size first keeps every tensor aligned to its element size (what safetensors itself does).
         ordered = sorted(keys, key=lambda key: (-torch.empty((), dtype=out_dtypes[key]).element_size(), key))
         header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-        offset = 0
+        offsets, offset = {}, 0
         for key in ordered:
             size = TensorInfo(shapes[key], out_dtypes[key]).nbytes
             header[key] = {
@@ -75,18 +80,19 @@ def write_weight_shards(plan: MergePlan, folder: Path, stats: DistanceStats, sha
                 "shape": list(shapes[key]),
                 "data_offsets": [offset, offset + size],
             }
+            offsets[key] = offset
             offset += size
+            weight_map[key] = name
         header_bytes = json.dumps(header, separators=(",", ":")).encode()
         header_bytes += b" " * (-len(header_bytes) % 8)
+        data_start = 8 + len(header_bytes)
         path = folder / name
         with open(path, "wb") as handle:
-            handle.write(struct.pack("<Q", len(header_bytes)))
-            handle.write(header_bytes)
-            for task, chunk in merged_chunks(plan, ordered, stats):
-                if chunk.numel():
-                    handle.write(chunk.view(torch.uint8).numpy())
-                weight_map[task.key] = name
-                del chunk
+            handle.write(struct.pack("<Q", len(header_bytes)) + header_bytes)
+            handle.flush()
+            os.ftruncate(handle.fileno(), data_start + offset)
+            positions = {key: data_start + key_offset for key, key_offset in offsets.items()}
+            stream_merge(plan, ordered, functools.partial(_write_slice, handle.fileno(), positions), stats, workers)
         _trim_heap()
         paths.append(path)
     if len(paths) > 1:
@@ -95,14 +101,24 @@ def write_weight_shards(plan: MergePlan, folder: Path, stats: DistanceStats, sha
     return paths
 
 
-def write_xtts_weights(plan: MergePlan, folder: Path, stats: DistanceStats) -> Path:
+def _write_slice(descriptor: int, positions: dict[str, int], job: SliceJob, merged: torch.Tensor) -> None:
+    """Write a merged slice at its place in the shard (`positions`: where each tensor's bytes begin); `os.pwrite`
+    until every byte is written (a regular file may take fewer bytes per call)."""
+    view = memoryview(merged.view(torch.uint8).numpy()).cast("B")
+    position = positions[job.task.key] + job.start * merged.element_size()
+    while view:
+        written = os.pwrite(descriptor, view, position)
+        view, position = view[written:], position + written
+
+
+def write_xtts_weights(plan: MergePlan, folder: Path, stats: DistanceStats, workers: int = 1) -> Path:
     """Coqui's native layout: stream into a scratch safetensors file, then save `{"model", "config"}` from its memory
     map (so the merged weights are never held in anonymous memory) and delete the scratch file."""
     from hf_tts.convert.xtts import save_xtts_checkpoint
 
     scratch_folder = folder / ".merge-scratch"
     scratch_folder.mkdir()
-    (scratch,) = write_weight_shards(plan, scratch_folder, stats, [[task.key for task in plan.tasks]])
+    (scratch,) = write_weight_shards(plan, scratch_folder, stats, [[task.key for task in plan.tasks]], workers)
     mapped = MappedSafetensors(scratch)
     state_dict = {key: mapped.tensor(key) for key in sorted(mapped.infos())}
     target = folder / XTTS_WEIGHTS_NAME
