@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -423,6 +424,25 @@ def test_merging_in_slices_gives_the_same_bytes(folders, tmp_path, monkeypatch, 
     assert max(task.info.numel for task in sliced_report.plan.tasks) > 100
     for block, row in whole_report.distances.items():
         np.testing.assert_allclose(sliced_report.distances[block], row, rtol=1e-5, atol=1e-6)
+
+
+def test_second_merge_takes_input_hashes_from_the_cache(folders, tmp_path, monkeypatch):
+    """The card's sha256 of a local input is computed once and remembered (keyed by path, inode, size, mtime and
+    ctime): a doctored cache entry shows up in the next merge's card, proof that the file was not hashed again."""
+    import hf_tts.file_utils as file_utils
+
+    monkeypatch.setenv("HF_TTS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(file_utils, "_RACY_WINDOW_NS", 0)  # the fixture folders were just written
+    first, report = hf_tts.merge(folders[:2], out_dir=tmp_path / "first")
+    real = hashlib.sha256((folders[0] / "model.safetensors").read_bytes()).hexdigest()
+    assert report.input_sha256[str(folders[0])]["model.safetensors"] == real
+    entries = {json.loads(entry.read_text())["sha256"]: entry for entry in (tmp_path / "cache" / "sha256").iterdir()}
+    assert real in entries
+    record = json.loads(entries[real].read_text())
+    entries[real].write_text(json.dumps({**record, "sha256": "f" * 64}))
+    second, _ = hf_tts.merge(folders[:2], out_dir=tmp_path / "second")
+    assert "f" * 64 in (second / "README.md").read_text()
+    assert real in (first / "README.md").read_text()
 
 
 @pytest.mark.parametrize("method", ["linear", "ties"])

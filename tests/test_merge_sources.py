@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 
 import pytest
@@ -135,6 +136,10 @@ def test_hub_sources_and_push_in_one_commit(tmp_path, local_hub):
     second = make_f5_folder(tmp_path / "b", 1)
     push_folder(first, "user/voice-a")
     path, report = hf_tts.merge(["user/voice-a", second], [1, 1], out_dir=tmp_path / "out", push_to_hub="user/merged")
+    # The downloaded weights' hash is their Hub blob name, and it is the content's real sha256.
+    local_weights = hashlib.sha256((first / "model.safetensors").read_bytes()).hexdigest()
+    assert report.input_sha256["user/voice-a"]["model.safetensors"] == local_weights
+    assert local_weights in (path / "README.md").read_text()
     api = HfApi()
     commits = api.list_repo_commits("user/merged")
     # Repo creation makes the (empty) initial commit, as on the Hub; then weights, config, vocab, recipe, plot and
