@@ -9,7 +9,8 @@ interleaves these jobs with its own runs, so both see the same machine load.
 Jobs (`CFM.sample` always gets the mel prompt, so upstream's torchaudio-only mel path is never reached):
 - `single`: one utterance; `longform_sequential`: the chunks one after another (upstream's streaming path);
   `longform_threaded`: the chunks submitted to a `ThreadPoolExecutor`, as upstream's default `infer_batch_process`.
-  With `"save": true` the mels are written to `outputs.safetensors` (`single`, `chunk_0`, `chunk_1`, ...).
+  With `"save": true` the mels are written to `outputs.safetensors` (`single`, `chunk_0`, `chunk_1`, ...), as fp32.
+  `"dtype": "bfloat16"` runs the job on a bf16 copy of the model, cast as `load_checkpoint(dtype=...)` casts it.
 """
 
 import argparse
@@ -72,7 +73,15 @@ class UpstreamWorker:
         self.cond = inputs["ref_mel"]
         self.single = (inputs["single_text"], request["single_duration"])
         self.chunks = [(inputs[f"chunk_text_{i}"], d) for i, d in enumerate(request["chunk_durations"])]
-        self.model = build_upstream_model(request["arch"], workdir / "model_ema.safetensors")
+        self.arch = request["arch"]
+        self.models = {"float32": build_upstream_model(self.arch, workdir / "model_ema.safetensors")}
+        self.model = self.models["float32"]
+
+    def use_dtype(self, dtype: str) -> None:
+        if dtype not in self.models:
+            model = build_upstream_model(self.arch, self.workdir / "model_ema.safetensors")
+            self.models[dtype] = model.to(getattr(torch, dtype))
+        self.model = self.models[dtype]
 
     def sample(self, text: torch.Tensor, duration: int, steps: int | None = None) -> torch.Tensor:
         out, _ = self.model.sample(
@@ -110,10 +119,12 @@ class UpstreamWorker:
         with torch.inference_mode():
             for line in sys.stdin:
                 command = json.loads(line)
+                self.use_dtype(command.get("dtype", "float32"))
                 outputs, seconds = self.run(command["job"])
                 if command.get("save"):
                     save_file(
-                        {k: v.contiguous() for k, v in outputs.items()}, str(self.workdir / "outputs.safetensors")
+                        {k: v.float().contiguous() for k, v in outputs.items()},
+                        str(self.workdir / "outputs.safetensors"),
                     )
                 print(json.dumps({"job": command["job"], "seconds": seconds}), flush=True)
 

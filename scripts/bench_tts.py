@@ -21,6 +21,12 @@ machine load (on a shared machine the figures still move with it); the best of a
 With `--compile` our sampler is also timed with `sample(compile=True)` (torch.compile, inductor): the compilation
 time is reported on its own, the compiled outputs are checked against upstream as well, and the compiled speed-ups
 are printed before the last two lines, which are always the eager (default) configuration's speed-ups.
+With `--bf16` both also run on bf16 copies of the model (upstream's own casting, `load_checkpoint(dtype=...)`; ours
+`model.to(torch.bfloat16)`): their speeds, and how far each bf16 output is from upstream's fp32 output.
+
+The arithmetic line says how close to this machine's limit both are: the FLOPs of one sample (matmuls,
+convolutions and attention, counted by torch's FlopCounterMode) over each wall time, next to the rate of a plain
+matrix product of the model's feed-forward shape.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
 
 from hf_tts.convert.f5 import convert_f5_checkpoint
 from hf_tts.models.f5.configuration_f5 import F5TTSConfig
@@ -192,8 +199,8 @@ class UpstreamProcess:
             raise RuntimeError(f"the upstream worker exited with code {self.process.wait()} (see its stderr above)")
         return json.loads(line)
 
-    def run(self, job: str, save: bool = False) -> tuple[float, dict[str, torch.Tensor]]:
-        self.process.stdin.write(json.dumps({"job": job, "save": save}) + "\n")
+    def run(self, job: str, save: bool = False, dtype: str = "float32") -> tuple[float, dict[str, torch.Tensor]]:
+        self.process.stdin.write(json.dumps({"job": job, "save": save, "dtype": dtype}) + "\n")
         self.process.stdin.flush()
         seconds = self._read()["seconds"]
         outputs = load_file(str(self.workdir / "outputs.safetensors")) if save else {}
@@ -208,6 +215,39 @@ def timed(fn) -> tuple[float, torch.Tensor]:
     start = time.perf_counter()
     out = fn()
     return time.perf_counter() - start, out
+
+
+@register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu)
+def _cpu_flash_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FlopCounterMode counts the CUDA attention kernels only; the CPU one does the same products."""
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def counted_flops(fn) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def matmul_rate(rows: int, inner: int, cols: int, dtype: torch.dtype) -> float:
+    """Best GFLOP/s of a (rows x inner) @ (inner x cols) product on this machine, the ceiling a sampler made of such
+    products can reach."""
+    a, b = torch.randn(rows, inner, dtype=dtype), torch.randn(inner, cols, dtype=dtype)
+    torch.mm(a, b)
+    best = min(timed(lambda: torch.mm(a, b))[0] for _ in range(10))
+    return 2 * rows * inner * cols / best / 1e9
+
+
+def measure(upstream: UpstreamProcess, job: str, ours, repeats: int, dtype: str = "float32"):
+    """Upstream's `job` and `ours()` in alternation, `repeats` times each: (best upstream seconds, best of ours,
+    upstream's outputs of the first run, our first output)."""
+    up_seconds, up_outputs = upstream.run(job, save=True, dtype=dtype)
+    our_seconds, our_output = timed(ours)
+    up_times, our_times = [up_seconds], [our_seconds]
+    for _ in range(repeats - 1):
+        up_times.append(upstream.run(job, dtype=dtype)[0])
+        our_times.append(timed(ours)[0])
+    return min(up_times), min(our_times), up_outputs, our_output
 
 
 def machine_description() -> str:
@@ -243,6 +283,73 @@ def time_compiled(
     return {"compile": compile_seconds, "single": single, "long": long}
 
 
+def time_bfloat16(
+    upstream: UpstreamProcess,
+    folder: Path,
+    inputs: tuple,
+    up_single: torch.Tensor,
+    up_long: dict,
+    durations,
+    bench,
+) -> dict:
+    """Both implementations on bf16 copies of the same model (`folder`, loaded with dtype=bfloat16): best times, and
+    each output's largest deviation from upstream's fp32 output (the reference a bf16 run approximates)."""
+    ref_mel, single_ids, single_duration, single_noise, batch_cond, chunk_ids, batch_noise, options = inputs
+    half = F5TTSModel.from_pretrained(folder, dtype=torch.bfloat16).eval()
+    bf = torch.bfloat16
+
+    def ours_single() -> torch.Tensor:
+        return half.sample(ref_mel.to(bf), single_ids, single_duration, latents=single_noise.to(bf), **options)
+
+    def ours_longform() -> torch.Tensor:
+        lengths = torch.tensor(durations)
+        return half.sample(
+            batch_cond.to(bf), chunk_ids, lengths, latents=batch_noise.to(bf), isolate_samples=True, **options
+        )
+
+    upstream.run("warmup", dtype="bfloat16")
+    half.sample(ref_mel.to(bf), single_ids, single_duration, latents=single_noise.to(bf), **{**options, "steps": 2})
+    result = {}
+    result["up_single"], result["our_single"], up_out, our_out = measure(
+        upstream, "single", ours_single, bench.single_repeats, "bfloat16"
+    )
+    scale = up_single.abs().max().item()
+    result["up_single_dev"] = (up_out["single"] - up_single).abs().max().item() / scale
+    result["our_single_dev"] = (our_out.float() - up_single).abs().max().item() / scale
+    result["up_long"], result["our_long"], up_out, our_out = measure(
+        upstream, "longform_sequential", ours_longform, bench.longform_repeats, "bfloat16"
+    )
+    deviations = {"up": [], "our": []}
+    for i, frames in enumerate(durations):
+        reference = up_long[f"chunk_{i}"][0]
+        deviations["up"].append((up_out[f"chunk_{i}"][0] - reference).abs().max().item() / reference.abs().max())
+        deviations["our"].append((our_out[i, :frames].float() - reference).abs().max().item() / reference.abs().max())
+    result["up_long_dev"], result["our_long_dev"] = max(deviations["up"]), max(deviations["our"])
+    return result
+
+
+def report_bfloat16(
+    bf16: dict, up_single: float, up_long: float, generated_single: float, generated_long: float, flops, shape
+) -> None:
+    rate = matmul_rate(*shape, torch.bfloat16)
+    print("bf16 (both on bf16 copies of the model; deviation: max |bf16 - upstream fp32| / max |upstream fp32|):")
+    for label, key, generated in (
+        ("single utterance", "single", generated_single),
+        ("long form", "long", generated_long),
+    ):
+        for who, name in (("up", "upstream"), ("our", "hf_tts")):
+            seconds = bf16[f"{who}_{key}"]
+            print(
+                f"  {label}, {name}: {seconds:8.2f} s  RTF {seconds / generated:6.2f}  deviation "
+                f"{bf16[f'{who}_{key}_dev']:.1e}"
+            )
+    print(f"  arithmetic: hf_tts {flops / bf16['our_single'] / 1e9:.0f} GFLOP/s; bf16 matmul {rate:.0f} GFLOP/s")
+    print(f"bf16 single-utterance speedup vs upstream bf16: {bf16['up_single'] / bf16['our_single']:.2f}x")
+    print(f"bf16 long-form speedup vs upstream bf16: {bf16['up_long'] / bf16['our_long']:.2f}x")
+    print(f"hf_tts bf16 vs upstream fp32 (its CPU default), single utterance: {up_single / bf16['our_single']:.2f}x")
+    print(f"hf_tts bf16 vs upstream fp32 (its CPU default), long form: {up_long / bf16['our_long']:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="F5TTS_v1_Small size and short texts (< 5 min)")
@@ -257,6 +364,11 @@ def main() -> None:
         "--compile",
         action="store_true",
         help="also time sample(compile=True) (torch.compile; the first calls compile, reported separately)",
+    )
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="also time both on bf16 copies of the model and report their deviation from upstream's fp32 output",
     )
     args = parser.parse_args()
     bench = QUICK if args.quick else FULL
@@ -307,6 +419,13 @@ def main() -> None:
         def ours_single(compile: bool = False) -> torch.Tensor:
             return model.sample(ref_mel, single_ids, single_duration, latents=single_noise, compile=compile, **options)
 
+        def ours_single_steps(steps: int) -> torch.Tensor:
+            return model.sample(
+                ref_mel, single_ids, single_duration, latents=single_noise, **{**options, "steps": steps}
+            )
+
+        ours_inputs = (ref_mel, single_ids, single_duration, single_noise, batch_cond, chunk_ids, batch_noise, options)
+
         def ours_longform(compile: bool = False) -> torch.Tensor:
             durations = torch.tensor(chunk_durations)
             return model.sample(
@@ -330,41 +449,33 @@ def main() -> None:
         upstream = UpstreamProcess(python, workdir)
         try:
             upstream.run("warmup")
-            model.sample(ref_mel, single_ids, single_duration, latents=single_noise, **{**options, "steps": 2})
+            ours_single_steps(2)
 
             print("agreement (fp32, same weights, inputs and noise):")
-            up_single_times, our_single_times = [], []
-            seconds, up_out = upstream.run("single", save=True)
-            up_single_times.append(seconds)
-            seconds, our_out = timed(ours_single)
-            our_single_times.append(seconds)
+            up_single, our_single, up_out, our_out = measure(upstream, "single", ours_single, bench.single_repeats)
             check_agreement("single utterance", our_out, up_out["single"])
             up_single_out = up_out["single"]
-            for _ in range(bench.single_repeats - 1):
-                up_single_times.append(upstream.run("single")[0])
-                our_single_times.append(timed(ours_single)[0])
-
-            seconds, up_out = upstream.run("longform_sequential", save=True)
-            up_sequential = [seconds]
-            seconds, our_out = timed(ours_longform)
-            our_long_times = [seconds]
+            up_sequential, our_long, up_out, our_out = measure(
+                upstream, "longform_sequential", ours_longform, bench.longform_repeats
+            )
             for i, frames in enumerate(chunk_durations):
                 check_agreement(f"long-form chunk {i}", our_out[i, :frames], up_out[f"chunk_{i}"][0])
-            for _ in range(bench.longform_repeats - 1):
-                up_sequential.append(upstream.run("longform_sequential")[0])
-                our_long_times.append(timed(ours_longform)[0])
             up_threaded = [upstream.run("longform_threaded")[0]] if args.upstream_thread_pool else []
             if args.compile:
                 compiled = time_compiled(ours_single, ours_longform, up_single_out, up_out, chunk_durations, bench)
+            if args.bf16:
+                bf16 = time_bfloat16(upstream, converted, ours_inputs, up_single_out, up_out, chunk_durations, bench)
         finally:
             upstream.close()
+        flops = counted_flops(lambda: ours_single_steps(1)) * sampling["steps"]
+        feed_forward = model.backbone.transformer_blocks[0].ff.ff[0][0]
+        matmul_shape = (2 * single_duration, feed_forward.in_features, feed_forward.out_features)
 
-    up_single, our_single = min(up_single_times), min(our_single_times)
-    up_long_modes = {"sequential": min(up_sequential)}
+    up_long_modes = {"sequential": up_sequential}
     if up_threaded:
         up_long_modes["thread pool"] = min(up_threaded)
     baseline_mode = min(up_long_modes, key=up_long_modes.get)
-    up_long, our_long = up_long_modes[baseline_mode], min(our_long_times)
+    up_long = up_long_modes[baseline_mode]
 
     print(f"single utterance (best of {bench.single_repeats}):")
     print(f"  upstream: {up_single:8.2f} s  RTF {up_single / generated_single:6.2f}")
@@ -373,6 +484,14 @@ def main() -> None:
     for mode, seconds in up_long_modes.items():
         print(f"  upstream chunk by chunk, {mode}: {seconds:8.2f} s  RTF {seconds / generated_long:6.2f}")
     print(f"  hf_tts batched solve:     {our_long:8.2f} s  RTF {our_long / generated_long:6.2f}")
+    rate = matmul_rate(*matmul_shape, torch.float32)
+    print(
+        f"arithmetic: {flops / 1e9:.0f} GFLOP per single utterance; upstream {flops / up_single / 1e9:.0f} GFLOP/s, "
+        f"hf_tts {flops / our_single / 1e9:.0f} GFLOP/s; this machine's fp32 matmul "
+        f"({'x'.join(map(str, matmul_shape))}): {rate:.0f} GFLOP/s"
+    )
+    if args.bf16:
+        report_bfloat16(bf16, up_single, up_long, generated_single, generated_long, flops, matmul_shape)
     if args.compile:
         print(f"hf_tts with compile=True (first calls, compiling included: {compiled['compile']:.1f} s):")
         print(
