@@ -213,7 +213,8 @@ def stream_merge(
 
     Elementwise methods spread their slices over `workers` threads (each reads, merges and writes its own slices;
     torch ops and file I/O release the GIL). Methods that need whole tensors run on one thread, so memory stays at
-    one tensor's merge. An error stops every worker; the one raised is the first in output order.
+    one tensor's merge. An error stops every worker; of the errors found by then, the one earliest in output order
+    is raised.
     """
     labelled = [(f"source {index + 1} ({source.spec})", source.reader) for index, source in enumerate(plan.sources)]
     if plan.base is not None:
@@ -235,7 +236,7 @@ def stream_merge(
             try:
                 merged, statistics[job.index] = worker.run(job)
                 write(job, merged)
-            except BaseException as error:  # noqa: BLE001 (re-raised by the caller, first in output order)
+            except BaseException as error:  # noqa: BLE001 (re-raised once the workers stop)
                 failures[job.index] = error
                 stop.set()
                 return
