@@ -3,8 +3,8 @@
 It is never imported by `hf_tts`: the two implementations never share a process. The worker reads `request.json`
 and `inputs.safetensors` from the folder named on the command line, builds upstream's `CFM(DiT)`, loads the
 released-layout checkpoint there exactly as upstream's `load_checkpoint(use_ema=True)` does, prints one `ready` line
-and then serves one job per line of standard input, answering each with one JSON line of timings. The benchmark
-interleaves these jobs with its own runs, so both see the same machine load.
+and then serves one job per line of standard input, answering each with one JSON line of timings (or of the error
+it raised). The benchmark interleaves these jobs with its own runs, so both see the same machine load.
 
 Jobs (`CFM.sample` always gets the mel prompt, so upstream's torchaudio-only mel path is never reached):
 - `single`: one utterance; `longform_sequential`: the chunks one after another (upstream's streaming path);
@@ -119,8 +119,12 @@ class UpstreamWorker:
         with torch.inference_mode():
             for line in sys.stdin:
                 command = json.loads(line)
-                self.use_dtype(command.get("dtype", "float32"))
-                outputs, seconds = self.run(command["job"])
+                try:
+                    self.use_dtype(command.get("dtype", "float32"))
+                    outputs, seconds = self.run(command["job"])
+                except Exception as error:  # reported to the benchmark, which decides; the worker keeps serving
+                    print(json.dumps({"job": command["job"], "error": f"{type(error).__name__}: {error}"}), flush=True)
+                    continue
                 if command.get("save"):
                     save_file(
                         {k: v.float().contiguous() for k, v in outputs.items()},
