@@ -501,7 +501,11 @@ class FlowMatchingTTSModel(SpeechSynthesisMixin, HfTtsPreTrainedModel):
         mask = lens_to_mask(duration, total) if batch > 1 else None
 
         y0 = self._initial_noise(duration, total, seed, latents, dtype)
-        grid = time_grid(steps, use_epss, sway_sampling_coef, device=device, dtype=dtype)
+        # The grid stays in fp32 for half-precision models: in bf16, cos(pi/2 t) rounds to 1 for the first steps of a
+        # 32-step sway grid, which collapses them onto t = 0 (upstream's bf16 grid has the same fault).
+        grid = time_grid(
+            steps, use_epss, sway_sampling_coef, device=device, dtype=torch.promote_types(dtype, torch.float32)
+        )
         use_cfg = cfg_strength >= 1e-5
         isolate_samples = isolate_samples and batch > 1
         if isolate_samples:
@@ -515,7 +519,7 @@ class FlowMatchingTTSModel(SpeechSynthesisMixin, HfTtsPreTrainedModel):
                 y,
                 step_cond,
                 text,
-                t,
+                t.to(dtype),
                 mask=mask,
                 cfg_infer=use_cfg,
                 text_embed=text_embed,

@@ -341,3 +341,26 @@ def test_rotary_stays_fp32_in_half_precision():
     assert cos.dtype == torch.float32
     expected = torch.outer(torch.arange(50.0), rotary_inv_freq(16)).repeat_interleave(2, dim=-1).cos()
     assert torch.equal(cos, expected)
+
+
+def test_half_precision_sampling_keeps_an_fp32_time_grid(monkeypatch):
+    """In bf16, a 32-step sway grid would collapse its first steps onto t = 0 (cos(pi/2 t) rounds to 1); the sampler
+    integrates over the fp32 grid and stays close to fp32 sampling."""
+    import hf_tts.flow_matching as flow_matching
+
+    assert not (torch.diff(flow_matching.time_grid(32, False, -1.0, dtype=torch.bfloat16)) > 0).all()
+    grids = []
+    solve = flow_matching.solve_ode
+    monkeypatch.setattr(
+        flow_matching, "solve_ode", lambda f, y0, grid, **kw: grids.append(grid) or solve(f, y0, grid, **kw)
+    )
+    model = _tiny(F5TTSModel).eval()
+    cond, latents = torch.randn(1, 10, model.config.mel_dim), torch.randn(1, 30, model.config.mel_dim)
+    options = {"steps": 32, "sway_sampling_coef": -1.0, "use_epss": False, "cfg_strength": 2.0}
+    with torch.inference_mode():
+        full = model.sample(cond, [[1, 2, 3]], 30, latents=latents, **options)
+        half = model.to(torch.bfloat16).sample(cond.bfloat16(), [[1, 2, 3]], 30, latents=latents.bfloat16(), **options)
+    assert half.dtype == torch.bfloat16
+    assert grids[1].dtype == torch.float32 and (torch.diff(grids[1]) > 0).all()
+    assert torch.equal(grids[0], grids[1])
+    assert (half.float() - full).abs().max() <= 0.05 * full.abs().max()
