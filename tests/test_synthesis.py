@@ -13,7 +13,14 @@ from transformers import AutoModel
 from hf_tts.cli import main
 from hf_tts.errors import InputError
 from hf_tts.models.vocos.modeling_vocos import VocosModel
-from hf_tts.synthesis import cross_fade, join_chunks, sample_chunks, vocode_chunks
+from hf_tts.synthesis import (
+    CPU_BATCH_FRAMES,
+    chunk_batches,
+    cross_fade,
+    join_chunks,
+    sample_chunks,
+    vocode_chunks,
+)
 
 LONG_TEXT = "The first sentence is here. A second one follows it. Then a third, short. And the last one!"
 REF_TEXT = "Some reference words"
@@ -24,7 +31,16 @@ def model():
     return AutoModel.from_pretrained(f5_dir(), dtype=torch.float32).eval()
 
 
-def test_batched_long_form_equals_sampling_each_chunk_alone(model):
+def test_chunk_batches_longest_first_within_the_frame_budget():
+    durations = [100, 300, 120, 250, 90]
+    assert chunk_batches(durations, None) == [[1, 3, 2, 0, 4]]
+    assert chunk_batches(durations, 1) == [[1], [3], [2], [0], [4]]  # a chunk over budget still gets a solve
+    # 2 (CFG halves) x chunks x the batch's longest chunk <= 1024
+    assert chunk_batches(durations, 1024) == [[1], [3, 2], [0, 4]]
+
+
+@pytest.mark.parametrize("batch_frames", [None, 500, "auto"])
+def test_batched_long_form_equals_sampling_each_chunk_alone(model, batch_frames):
     processor = model.get_processor()
     inputs = processor(LONG_TEXT, reference_wave(), REF_TEXT, speed=0.15)  # small chunks: several of them
     assert len(inputs.chunks) >= 2
@@ -34,7 +50,17 @@ def test_batched_long_form_equals_sampling_each_chunk_alone(model):
     total = int(inputs.duration.max())
     latents = torch.randn(len(inputs.chunks), total, model.config.mel_dim, generator=torch.Generator().manual_seed(0))
     options = dict(steps=3, cfg_strength=2.0, sway_sampling_coef=-1.0)
-    batched = sample_chunks(model, inputs, latents=latents, **options)
+    steps_seen = []
+    batched = sample_chunks(
+        model,
+        inputs,
+        latents=latents,
+        batch_frames=batch_frames,
+        progress_callback=lambda *a: steps_seen.append(a),
+        **options,
+    )
+    budget = CPU_BATCH_FRAMES if batch_frames == "auto" else batch_frames
+    assert steps_seen[-1] == (3 * len(chunk_batches(durations, budget)) - 1, 3 * len(chunk_batches(durations, budget)))
     for row, mel in enumerate(batched):
         duration = int(inputs.duration[row])
         alone = model.sample(
