@@ -134,6 +134,19 @@ def test_hash_cache_remembers_a_settled_file_and_misses_after_any_change(tmp_pat
     assert sha256_file(path, cache=True) == hashlib.sha256(b"other version").hexdigest()
 
 
+def test_damaged_hash_cache_entry_is_ignored(tmp_path, hash_cache):
+    path = _settled_file(tmp_path / "model.safetensors", b"weights")
+    sha256_file(path, cache=True)
+    (entry,) = hash_cache.iterdir()
+    for damaged in (
+        "not json",
+        json.dumps({"signature": "x"}),
+        json.dumps({**json.loads(entry.read_text()), "sha256": "zz"}),
+    ):
+        entry.write_text(damaged)
+        assert sha256_file(path, cache=True) == hashlib.sha256(b"weights").hexdigest()
+
+
 def test_hash_cache_skips_recently_modified_files(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TTS_CACHE", str(tmp_path / "cache"))
     hash_cache = tmp_path / "cache" / "sha256"

@@ -168,8 +168,10 @@ class _SliceWorker:
         if not task.merged:  # every source agrees (checked by the plan)
             return self.readers[0].tensor(task.key).reshape(-1), None
         if self.elementwise:
-            inputs = self._read_stacked(job)
-            accumulator = self._buffer(self._accumulators, (CHUNK_ELEMENTS,), methods.accumulator_dtype(inputs.dtype))
+            # Converted once here (a no-op for fp32), not again in the merge formula and in the statistics.
+            accumulator_dtype = methods.accumulator_dtype(task.info.dtype)
+            inputs = self._read_stacked(job).to(accumulator_dtype)
+            accumulator = self._buffer(self._accumulators, (CHUNK_ELEMENTS,), accumulator_dtype)
             merged = _merge(self.plan, task, inputs, accumulator[: job.count])
         else:
             if self._whole is None or self._whole[0] != task.key:
