@@ -13,7 +13,7 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install torch==2.13.0
-	$(BIN)/pip install -e ".[zh,dev]"
+	$(BIN)/pip install -e ".[zh,dev,postgres]"
 	touch $(STAMP)
 
 setup: $(STAMP)
