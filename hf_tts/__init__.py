@@ -1,67 +1,72 @@
 """hf_tts: F5-TTS, E2-TTS, Vocos and a CFG motion/voice transformer in the Hugging Face ecosystem.
 
-`import hf_tts` registers every config, model, tokenizer, processor and pipeline with the transformers Auto classes
-(once), so `AutoModel.from_pretrained(...)`, `pipeline(...)` and `Trainer(...)` work on the package's folders.
+`import hf_tts` makes every config, model, tokenizer, processor and pipeline known to the transformers Auto classes,
+so `AutoModel.from_pretrained(...)`, `pipeline(...)` and `Trainer(...)` work on the package's folders.
+
+The import itself is light: public names load on first use, and the registration runs as soon as transformers is
+imported (right away if it already is). So `hf-tts --help` and the registry server (`hf-tts hub serve`) never pay
+for torch or transformers, while `import hf_tts; from transformers import AutoModel` works as before.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-# The subpackage, which is callable: `hf_tts.merge(...)` runs `hf_tts.merge.merge(...)`.
-from hf_tts import merge
-from hf_tts import registration as _registration
-from hf_tts.configuration_utils import HfTtsConfig
-from hf_tts.errors import CheckpointMismatchError, InputError
-from hf_tts.hub.cards import render_model_card, write_model_card
-from hf_tts.hub.push import push_folder
-from hf_tts.hub.server import LocalHubServer
-from hf_tts.models.cfg_motion import CFGMotionConfig, CFGMotionModel
-from hf_tts.models.e2 import E2TTSConfig, E2TTSModel
-from hf_tts.models.f5 import F5TTSConfig, F5TTSModel
-from hf_tts.models.vocos import VocosConfig, VocosModel
-from hf_tts.pipelines import ZeroShotTextToSpeechPipeline
-from hf_tts.processing import F5FeatureExtractor, F5Processor
-from hf_tts.synthesis import SpeechOutput
-from hf_tts.tokenization_f5 import F5Tokenizer
-from hf_tts.training import (
-    EMACallback,
-    FlowMatchingDataCollator,
-    FrameBucketBatchSampler,
-    HfTtsTrainer,
-    extend_vocabulary,
-    prepare_tts_dataset,
-)
-from hf_tts.training.finetune import finetune
+# Public name -> module that defines it.
+_PUBLIC_NAMES = {
+    "CFGMotionConfig": "hf_tts.models.cfg_motion",
+    "CFGMotionModel": "hf_tts.models.cfg_motion",
+    "CheckpointMismatchError": "hf_tts.errors",
+    "EMACallback": "hf_tts.training",
+    "E2TTSConfig": "hf_tts.models.e2",
+    "E2TTSModel": "hf_tts.models.e2",
+    "F5TTSConfig": "hf_tts.models.f5",
+    "F5TTSModel": "hf_tts.models.f5",
+    "F5FeatureExtractor": "hf_tts.processing",
+    "F5Processor": "hf_tts.processing",
+    "F5Tokenizer": "hf_tts.tokenization_f5",
+    "FlowMatchingDataCollator": "hf_tts.training",
+    "FrameBucketBatchSampler": "hf_tts.training",
+    "HfTtsTrainer": "hf_tts.training",
+    "HfTtsConfig": "hf_tts.configuration_utils",
+    "InputError": "hf_tts.errors",
+    "LocalHubServer": "hf_tts.hub.server",
+    "SpeechOutput": "hf_tts.synthesis",
+    "VocosConfig": "hf_tts.models.vocos",
+    "VocosModel": "hf_tts.models.vocos",
+    "ZeroShotTextToSpeechPipeline": "hf_tts.pipelines",
+    "extend_vocabulary": "hf_tts.training",
+    "finetune": "hf_tts.training.finetune",
+    "push_folder": "hf_tts.hub.push",
+    "render_model_card": "hf_tts.hub.cards",
+    "write_model_card": "hf_tts.hub.cards",
+    "prepare_tts_dataset": "hf_tts.training",
+}
+# Subpackages reachable as attributes; `hf_tts.merge(...)` calls the merge subpackage, which is callable.
+_SUBPACKAGES = ("merge",)
 
-_registration.register_all()
+__all__ = sorted([*_PUBLIC_NAMES, *_SUBPACKAGES, "__version__"])
 
-__all__ = [
-    "CFGMotionConfig",
-    "CFGMotionModel",
-    "CheckpointMismatchError",
-    "EMACallback",
-    "E2TTSConfig",
-    "E2TTSModel",
-    "F5TTSConfig",
-    "F5TTSModel",
-    "F5FeatureExtractor",
-    "F5Processor",
-    "F5Tokenizer",
-    "FlowMatchingDataCollator",
-    "FrameBucketBatchSampler",
-    "HfTtsTrainer",
-    "HfTtsConfig",
-    "InputError",
-    "LocalHubServer",
-    "SpeechOutput",
-    "VocosConfig",
-    "VocosModel",
-    "ZeroShotTextToSpeechPipeline",
-    "__version__",
-    "extend_vocabulary",
-    "finetune",
-    "merge",
-    "push_folder",
-    "render_model_card",
-    "write_model_card",
-    "prepare_tts_dataset",
-]
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC_NAMES:
+        value = getattr(importlib.import_module(_PUBLIC_NAMES[name]), name)
+    elif name in _SUBPACKAGES:
+        value = importlib.import_module(f"hf_tts.{name}")
+    else:
+        raise AttributeError(f"module 'hf_tts' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+from hf_tts import _autoregister  # noqa: E402  (needs nothing above but keeps the public face first)
+
+_autoregister.register_when_transformers_is_ready()
+del _autoregister

@@ -1,90 +1,40 @@
 """File helpers every writer and reader of the package shares.
 
-- `atomic_output_dir`: build an output folder under a temporary name next to the target and rename it into place
-  only when everything succeeded, so an error or Ctrl-C never leaves a half-written folder.
-- `atomic_write_file`: the same for a single file (a WAV, a PNG, an .npy).
+- `check_output_target`, `atomic_output_dir`, `atomic_write_file`: safe outputs (see `hf_tts.safe_output`).
 - `load_torch_checkpoint`: `torch.load` that never unpickles arbitrary objects.
-- `read_safetensors_header`: a safetensors file's JSON header without reading any tensor.
+- `read_safetensors_header`: a safetensors file's JSON header, validated as strictly as safetensors does.
+- `load_yaml`: YAML for recipes and configs, without anchors, aliases or tags (no alias bombs), bounded in size.
+- `check_finite`: refuse NaN/Inf in a tensor or array before it is written.
 - `sha256_file`: provenance hashes for model cards, optionally remembered in a stat-keyed cache (`HF_TTS_CACHE`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
 import re
-import shutil
 import struct
-import tempfile
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from hf_tts.errors import InputError
+from hf_tts.safe_output import atomic_output_dir, atomic_write_file, check_output_target
 
-
-@contextlib.contextmanager
-def atomic_output_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a fresh temporary folder that becomes `out_dir` when the block exits without an exception.
-
-    An existing `out_dir` is an InputError unless `overwrite=True`, in which case it is replaced only after the new
-    folder is complete. On any exception (KeyboardInterrupt included) the temporary folder is removed.
-    """
-    target = Path(out_dir).absolute()
-    if target.exists() and not overwrite:
-        raise InputError(f"output folder {target} already exists; choose another --out or pass --overwrite")
-    if target.exists() and not target.is_dir():
-        raise InputError(f"output path {target} exists and is not a folder")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    # mkdtemp makes the folder private (0o700); the finished folder gets the permissions mkdir would give it.
-    staging.chmod(0o777 & ~_current_umask())
-    try:
-        yield staging
-        if target.exists():
-            # Swap: move the old folder aside first so the target is never missing and never mixed.
-            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            retired.rmdir()
-            os.replace(target, retired)
-            os.replace(staging, target)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def _current_umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
-def atomic_write_file(target: str | os.PathLike, write: Callable[[BinaryIO], None], *, overwrite: bool = True) -> Path:
-    """Call `write(stream)` on a temporary file next to `target`, then rename it into place; returns the path.
-
-    On any exception the temporary file is removed and `target` is untouched. The file gets the permissions an
-    ordinary new file gets (mkstemp makes it 0600). Writing through a stream keeps libraries such as numpy from
-    appending their own suffix to the temporary name. An existing `target` is an InputError unless `overwrite`.
-    """
-    target = Path(target)
-    if target.exists() and not overwrite:
-        raise InputError(f"{target} already exists; choose another path or pass --overwrite")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-        os.chmod(staging, 0o666 & ~_current_umask())
-        os.replace(staging, target)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
-    return target
+__all__ = [
+    "atomic_output_dir",
+    "atomic_write_file",
+    "check_finite",
+    "check_output_target",
+    "hash_cache_dir",
+    "load_torch_checkpoint",
+    "load_yaml",
+    "read_safetensors_header",
+    "sha256_file",
+]
 
 
 def load_torch_checkpoint(path: str | os.PathLike, *, mmap: bool = False, trust_pickle: bool = False) -> Any:
@@ -118,18 +68,185 @@ def load_torch_checkpoint(path: str | os.PathLike, *, mmap: bool = False, trust_
         ) from error
 
 
+# Bytes per element of every dtype safetensors writes (sub-byte float formats are not supported by this package).
+SAFETENSORS_ITEMSIZE = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
+    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4,
+    "I64": 8, "U64": 8, "F64": 8, "C64": 8,
+}  # fmt: skip
+# safetensors' own limit on the header (100 MB): a bigger claim is a damaged or hostile file.
+_MAX_SAFETENSORS_HEADER = 100_000_000
+
+
 def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, Any], int]:
     """(header, data_start) of a safetensors file: the JSON header ({key: {dtype, shape, data_offsets}} plus an
-    optional `__metadata__`) and the byte offset where tensor data begins. Nothing else of the file is read."""
+    optional `__metadata__`) and the byte offset where tensor data begins. No tensor data is read.
+
+    The header is checked as strictly as safetensors checks it, so a file this accepts is one safetensors loads with
+    the same meaning: no duplicate keys, known dtypes, shapes of non-negative integers, offsets that match
+    shape x itemsize and tile the data exactly (no overlap, gap or trailing bytes), `__metadata__` a str -> str map.
+    """
     try:
         with open(path, "rb") as handle:
-            (header_size,) = struct.unpack("<Q", handle.read(8))
-            header = json.loads(handle.read(header_size))
-    except (OSError, ValueError, struct.error) as error:
-        raise InputError(f"{path} is not a readable safetensors file: {error}") from error
+            prefix = handle.read(8)
+            size = os.fstat(handle.fileno()).st_size
+            if len(prefix) < 8:
+                raise InputError(f"{path} is not a readable safetensors file: it is shorter than 8 bytes")
+            (header_size,) = struct.unpack("<Q", prefix)
+            if header_size > min(_MAX_SAFETENSORS_HEADER, size - 8):
+                raise InputError(
+                    f"{path} is not a readable safetensors file: its header claims {header_size} bytes "
+                    f"but the file has {size} bytes"
+                )
+            raw = handle.read(header_size)
+    except OSError as error:
+        raise InputError(f"cannot read {path}: {error.strerror or error}") from error
+    damaged = f"{path} is not a readable safetensors file"
+    try:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+    except _DuplicateKey as error:
+        raise InputError(f"{damaged}: its header names {error.args[0]!r} twice") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise InputError(f"{damaged}: its header is not valid JSON ({str(error)[:120]})") from None
     if not isinstance(header, dict):
-        raise InputError(f"{path} is not a readable safetensors file: its header is not a JSON object")
+        raise InputError(f"{damaged}: its header is not a JSON object")
+    metadata = header.get("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise InputError(f"{damaged}: its __metadata__ is not a map of strings")
+    spans = []
+    for key, entry in header.items():
+        if key != "__metadata__":
+            spans.append((*_tensor_span(entry, key, damaged), key))
+    spans.sort()
+    position = 0
+    for begin, end, key in spans:
+        if begin != position:
+            problem = "overlaps another tensor" if begin < position else "leaves a gap before it"
+            raise InputError(f"{damaged}: the data of tensor {key!r} {problem}")
+        position = end
+    if 8 + header_size + position != size:
+        raise InputError(
+            f"{damaged}: its tensors cover {position} data bytes but the file holds {size - 8 - header_size} "
+            "(truncated, or trailing bytes)"
+        )
     return header, 8 + header_size
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
+
+
+def _tensor_span(entry: Any, key: str, damaged: str) -> tuple[int, int]:
+    """(begin, end) byte offsets of one tensor entry, after checking its dtype, shape and size agree."""
+
+    def whole(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+        raise InputError(f"{damaged}: tensor {key!r} is not a {{dtype, shape, data_offsets}} entry")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if dtype not in SAFETENSORS_ITEMSIZE:
+        raise InputError(f"{damaged}: tensor {key!r} has an unknown dtype {str(dtype)[:40]!r}")
+    if not isinstance(shape, list) or not all(whole(dim) for dim in shape):
+        raise InputError(f"{damaged}: tensor {key!r} has an invalid shape {str(shape)[:80]}")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(whole(o) for o in offsets)):
+        raise InputError(f"{damaged}: tensor {key!r} has invalid data_offsets {str(offsets)[:80]}")
+    begin, end = offsets
+    expected = SAFETENSORS_ITEMSIZE[dtype]
+    for dim in shape:
+        expected *= dim
+    if end - begin != expected:
+        raise InputError(
+            f"{damaged}: tensor {key!r} ({dtype} {shape}) needs {expected} bytes but its offsets span {end - begin}"
+        )
+    return begin, end
+
+
+# Recipes, arch files and configs are small documents; anything bigger or deeper is a mistake or an attack.
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_DEPTH = 64
+
+
+def load_yaml(text: str | bytes, source: str) -> Any:
+    """Parse a YAML document safely: plain data only, no anchors or aliases (a 1 KB alias bomb expands to
+    gigabytes), no explicit tags, at most `MAX_YAML_BYTES` and `MAX_YAML_DEPTH` levels. `source` names the file
+    or option in error messages."""
+    import yaml
+
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise InputError(f"{source} is not UTF-8 text (byte {error.start})") from None
+    if len(text) > MAX_YAML_BYTES:
+        raise InputError(f"{source} is larger than {MAX_YAML_BYTES} bytes; a recipe or config is much smaller")
+    try:
+        return yaml.load(text, Loader=_plain_yaml_loader())  # noqa: S506  (a SafeLoader, restricted further)
+    except yaml.MarkedYAMLError as error:
+        where = f" at line {error.problem_mark.line + 1}" if error.problem_mark else ""
+        raise InputError(f"{source} is not valid YAML{where}: {error.problem or error.context}") from None
+    except yaml.YAMLError as error:
+        raise InputError(f"{source} is not valid YAML: {str(error).splitlines()[0][:200]}") from None
+
+
+@functools.cache
+def _plain_yaml_loader() -> type:
+    """SafeLoader minus anchors, aliases and tags, with a depth limit (built on first use: yaml is imported late)."""
+    import yaml
+
+    class PlainYamlLoader(yaml.SafeLoader):
+        depth = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            event = self.peek_event()
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+                raise yaml.MarkedYAMLError(
+                    problem="anchors and aliases (&name, *name) are not allowed", problem_mark=event.start_mark
+                )
+            if getattr(event, "tag", None) not in (None, "!"):
+                raise yaml.MarkedYAMLError(
+                    problem=f"tags such as {event.tag} are not allowed", problem_mark=event.start_mark
+                )
+            self.depth += 1
+            if self.depth > MAX_YAML_DEPTH:
+                raise yaml.MarkedYAMLError(
+                    problem=f"nested deeper than {MAX_YAML_DEPTH} levels", problem_mark=event.start_mark
+                )
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+    return PlainYamlLoader
+
+
+def check_finite(values: Any, what: str) -> None:
+    """Raise InputError when a torch tensor or numpy array holds NaN or Inf; `what` names it in the message."""
+    if hasattr(values, "is_floating_point"):  # torch.Tensor, checked without importing torch here
+        if not (values.is_floating_point() or values.is_complex()):
+            return
+        import torch
+
+        bad = int((~torch.isfinite(values)).sum())
+    else:
+        import numpy as np
+
+        array = np.asarray(values)
+        if not np.issubdtype(array.dtype, np.inexact):
+            return
+        bad = int((~np.isfinite(array)).sum())
+    if bad:
+        raise InputError(f"{what} contains {bad} NaN or Inf value{'s' if bad > 1 else ''}")
 
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")

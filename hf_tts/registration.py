@@ -69,6 +69,10 @@ def _register_pipelines() -> None:
     )
 
 
+def is_registered() -> bool:
+    return _registered
+
+
 def register_all() -> None:
     """Register configs, models, tokenizers, processors and pipelines with transformers (once)."""
     global _registered

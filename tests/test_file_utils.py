@@ -45,10 +45,10 @@ def test_error_and_interrupt_leave_nothing(tmp_path):
 def test_existing_output_needs_overwrite_and_is_replaced_whole(tmp_path):
     target = tmp_path / "out"
     target.mkdir()
-    (target / "old.txt").write_text("old")
+    (target / "config.json").write_text("{}")
     with pytest.raises(InputError, match="already exists.*--overwrite"), atomic_output_dir(target):
         pass
-    assert (target / "old.txt").exists()
+    assert (target / "config.json").exists()
     with atomic_output_dir(target, overwrite=True) as staging:
         (staging / "new.txt").write_text("new")
     assert _entries(target) == ["new.txt"]
@@ -58,10 +58,10 @@ def test_existing_output_needs_overwrite_and_is_replaced_whole(tmp_path):
 def test_failed_overwrite_keeps_the_previous_folder(tmp_path):
     target = tmp_path / "out"
     target.mkdir()
-    (target / "old.txt").write_text("old")
+    (target / "config.json").write_text("{}")
     with pytest.raises(ValueError), atomic_output_dir(target, overwrite=True):
         raise ValueError("conversion failed")
-    assert _entries(target) == ["old.txt"]
+    assert _entries(target) == ["config.json"]
 
 
 def test_output_folder_gets_the_usual_permissions(tmp_path):

@@ -41,6 +41,28 @@ def _card_text(folder: Path, repo_id: str) -> str:
     return str(render_model_card(kind=kind_for_config(config), config=config, model_id=repo_id))
 
 
+def validate_push_target(repo_id: str | None, token: str | None = None) -> None:
+    """Check a push target before any work is done, so a long merge or fine-tune never ends in a refused push:
+    the repo id's syntax, and that a token is available when the endpoint is the public Hub (a local registry
+    decides itself whether writes need one). `repo_id=None` (no push) passes."""
+    if repo_id is None:
+        return
+    from huggingface_hub import constants, get_token
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise InputError(f"invalid push target {repo_id!r}: {str(error).splitlines()[0]}") from None
+    public_hub = constants.ENDPOINT.rstrip("/") == "https://huggingface.co"
+    if public_hub and not (token or get_token()):
+        raise InputError(
+            f"pushing to {repo_id} on {constants.ENDPOINT} needs a token: run `hf auth login`, set HF_TOKEN, or pass "
+            "--token (for a local registry, set HF_ENDPOINT to its URL)"
+        )
+
+
 def push_folder(
     folder: str | os.PathLike,
     repo_id: str,
@@ -82,4 +104,4 @@ def push_folder(
     )
 
 
-__all__ = ["push_folder"]
+__all__ = ["push_folder", "validate_push_target"]

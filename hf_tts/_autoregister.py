@@ -1,0 +1,99 @@
+"""Run `hf_tts.registration.register_all()` as soon as it can run, without importing transformers for it.
+
+transformers has no plugin entry point, so the Auto classes learn the package's model types by registration; that
+imports the models (and torch). Doing it inside `import hf_tts` would make every `hf-tts --help` and the torch-free
+registry server pay seconds for it. Instead an import hook waits for transformers: registration runs when the
+import of transformers completes, or, if that import happened in the middle of importing one of the package's own
+modules (which registration needs whole), when the last such module finishes.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import sys
+import threading
+from types import ModuleType
+from typing import Any
+
+_lock = threading.RLock()
+
+
+def _initializing(module: ModuleType | None, finishing: ModuleType | None) -> bool:
+    """Whether `module` is half imported. `finishing` (whose code has just run) counts as whole; specs are compared
+    because transformers replaces its module object in sys.modules with a lazy one that shares the spec."""
+    spec = getattr(module, "__spec__", None)
+    if spec is not None and spec is getattr(finishing, "__spec__", None):
+        return False
+    return bool(getattr(spec, "_initializing", False))
+
+
+def _try_register(finishing: ModuleType | None = None) -> None:
+    """Register now if transformers is imported and none of the package's modules (other than `finishing`, whose
+    code has just run) is half imported."""
+    from hf_tts import registration
+
+    with _lock:
+        if registration.is_registered():
+            _uninstall()
+            return
+        transformers = sys.modules.get("transformers")
+        if transformers is None or _initializing(transformers, finishing):
+            return
+        # The top package only defines names; registration does not need it whole.
+        if any(
+            name.startswith("hf_tts.") and _initializing(module, finishing)
+            for name, module in list(sys.modules.items())
+        ):
+            return
+        _uninstall()
+        registration.register_all()
+
+
+class _RegisterAfterImport(importlib.abc.MetaPathFinder):
+    """Wraps the loaders of transformers and of the package's modules so each, once executed, tries to register."""
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != "transformers" and not fullname.startswith("hf_tts."):
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        loader = spec.loader
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        original = loader.exec_module
+
+        def exec_module(module: ModuleType) -> None:
+            original(module)
+            _try_register(finishing=module)
+
+        loader.exec_module = exec_module
+        return spec
+
+
+_finder = _RegisterAfterImport()
+
+
+def _uninstall() -> None:
+    if _finder in sys.meta_path:
+        sys.meta_path.remove(_finder)
+
+
+def register_when_transformers_is_ready() -> None:
+    """Register now if transformers is already imported, else once it is."""
+    with _lock:
+        if "transformers" in sys.modules:
+            _try_register()
+        if not _registered_now() and _finder not in sys.meta_path:
+            sys.meta_path.insert(0, _finder)
+
+
+def _registered_now() -> bool:
+    from hf_tts import registration
+
+    return registration.is_registered()
