@@ -6,7 +6,7 @@ no CFG, no_ref_audio).
 
 Files: `tests/data/upstream_variants/` (made by `scripts/make_upstream_variant_fixtures.py`, which says how): each
 variant is converted with `hf-tts convert f5` from upstream's released layout and YAML config, loaded with
-`AutoModel`/`AutoTokenizer`, and compared in fp32: backbone outputs within 1e-5 (+1e-5 relative), sampled mels within 1e-4.
+`AutoModel`/`AutoTokenizer`, and compared in fp32: backbone outputs within 2e-5, sampled mels within 1e-4.
 """
 
 from __future__ import annotations
@@ -74,10 +74,10 @@ def test_backbone_matches_upstream(converted, name):
             "out_nomask": model.backbone(x, cond, text, time),
             "out_cfg_infer": model.backbone(x, cond, text, time, mask, cfg_infer=True),
         }
-    # 1e-5 absolute plus 1e-5 relative: outputs reach |4|, where CPUs with other matmul kernels (AVX-512 against
-    # AVX2) differ from the fixture machine by up to 1.5e-5 (about 30 ulp) on qk_norm's normalised attention.
+    # 2e-5: outputs reach |4| and CPUs with other matmul kernels (AVX-512 against the fixture machine's AVX2) reach
+    # 1.5e-5 on qk_norm's normalised attention; every other variant stays within 1e-5 there too.
     for key, value in outputs.items():
-        torch.testing.assert_close(value, cases[key], atol=1e-5, rtol=1e-5, msg=f"{name} {key}")
+        torch.testing.assert_close(value, cases[key], atol=2e-5, rtol=0, msg=f"{name} {key}")
 
 
 @pytest.mark.parametrize("name", VARIANTS)
