@@ -6,7 +6,7 @@ no CFG, no_ref_audio).
 
 Files: `tests/data/upstream_variants/` (made by `scripts/make_upstream_variant_fixtures.py`, which says how): each
 variant is converted with `hf-tts convert f5` from upstream's released layout and YAML config, loaded with
-`AutoModel`/`AutoTokenizer`, and compared in fp32: backbone outputs within 2e-5, sampled mels within 1e-4.
+`AutoModel`/`AutoTokenizer`, and compared in fp32: backbone outputs within 1e-5 (qk_norm 3e-5), sampled mels within 1e-4.
 """
 
 from __future__ import annotations
@@ -74,10 +74,11 @@ def test_backbone_matches_upstream(converted, name):
             "out_nomask": model.backbone(x, cond, text, time),
             "out_cfg_infer": model.backbone(x, cond, text, time, mask, cfg_infer=True),
         }
-    # 2e-5: outputs reach |4| and CPUs with other matmul kernels (AVX-512 against the fixture machine's AVX2) reach
-    # 1.5e-5 on qk_norm's normalised attention; every other variant stays within 1e-5 there too.
+    # qk_norm: F.rms_norm on q and k amplifies kernel rounding; on this AVX-512 CPU its outputs (up to |4|) are
+    # 2.7e-5 from the fixture machine's, the same code as upstream's (which calls F.rms_norm too). Others: 1e-5.
+    atol = 3e-5 if name == "dit_qk_norm" else 1e-5
     for key, value in outputs.items():
-        torch.testing.assert_close(value, cases[key], atol=2e-5, rtol=0, msg=f"{name} {key}")
+        torch.testing.assert_close(value, cases[key], atol=atol, rtol=0, msg=f"{name} {key}")
 
 
 @pytest.mark.parametrize("name", VARIANTS)
