@@ -48,24 +48,50 @@ def load_torch_checkpoint(path: str | os.PathLike, *, mmap: bool = False, trust_
     import torch
 
     path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise InputError(f"checkpoint {path} does not exist") from None
+    except OSError as error:
+        raise InputError(f"cannot read checkpoint {path}: {error.strerror or error}") from None
     if not path.is_file():
-        raise InputError(f"checkpoint {path} does not exist or is not a file")
+        raise InputError(f"checkpoint {path} is not a file")
+    if size == 0:
+        raise InputError(f"checkpoint {path} is empty (0 bytes); was its download or save interrupted?")
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    # torch.save writes a zip archive; older files are a pickle starting with its PROTO opcode.
+    if not (magic.startswith(b"PK\x03\x04") or magic.startswith(b"\x80")):
+        raise InputError(f"{path} is not a PyTorch checkpoint (neither a torch.save archive nor a pickle)")
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_pickle, mmap=mmap)
     except pickle.UnpicklingError as error:
-        # torch names the class it refused ("Unsupported global: GLOBAL pkg.Class"); anything else is a damaged file.
-        refused = [line.strip() for line in str(error).splitlines() if "Unsupported global" in line]
-        if not refused:
-            raise InputError(f"{path} is not a readable PyTorch checkpoint (its pickle data is damaged)") from error
+        # torch's weights-only unpickler says "Weights only load failed" and names what it refused (a GLOBAL such as
+        # posix.system, an unsupported operand); anything else is a damaged file.
+        text = str(error)
+        if not text.startswith("Weights only load failed"):
+            raise InputError(f"{path} is not a readable PyTorch checkpoint (its pickle data is damaged)") from None
+        reason = _refused_pickle_reason(text)
         raise InputError(
-            f"{path} contains objects that need full unpickling ({refused[0]}); it was not loaded because "
-            "unpickling can run arbitrary code. Re-save it as safetensors, or pass --trust-pickle "
-            "(trust_pickle=True) if you trust its source"
-        ) from error
-    except (RuntimeError, EOFError, OSError) as error:
-        raise InputError(
-            f"{path} is not a readable PyTorch checkpoint: {str(error).strip().splitlines()[0]}"
-        ) from error
+            f"{path} contains objects that need full unpickling ({reason}); it was "
+            "not loaded because unpickling can run arbitrary code. Re-save it as safetensors, or pass "
+            "--trust-pickle (trust_pickle=True) if you trust its source"
+        ) from None
+    except PermissionError as error:
+        raise InputError(f"cannot read checkpoint {path}: {error.strerror}") from None
+    except (RuntimeError, EOFError, OSError, IndexError, ValueError, KeyError, TypeError) as error:
+        # torch.load on a truncated or damaged archive raises any of these, from deep inside its readers.
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"{path} is not a readable PyTorch checkpoint: {first_line[:200]}") from None
+
+
+_REFUSAL = re.compile(r"(Unsupported global: GLOBAL [^\s]+|unsupported GLOBAL [^\s]+|Unsupported operand \d+)")
+
+
+def _refused_pickle_reason(message: str) -> str:
+    """What torch's weights-only unpickler refused, from its long message (a GLOBAL it blocked, an opcode)."""
+    match = _REFUSAL.search(message)
+    return match.group(1).replace("Unsupported global: ", "") if match else "the weights-only loader refused it"
 
 
 # Bytes per element of every dtype safetensors writes (sub-byte float formats are not supported by this package).

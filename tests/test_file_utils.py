@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -78,6 +79,13 @@ class _Payload:
     """A class a weights-only load must refuse to rebuild."""
 
 
+class _RunsCode:
+    """A pickle that would run a command when unpickled."""
+
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
 def test_checkpoints_load_without_unpickling_arbitrary_objects(tmp_path):
     safe = tmp_path / "safe.pt"
     torch.save({"weight": torch.ones(2), "step": 3}, safe)
@@ -90,8 +98,42 @@ def test_checkpoints_load_without_unpickling_arbitrary_objects(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         load_torch_checkpoint(tmp_path / "missing.pt")
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(InputError, match="not a readable PyTorch checkpoint"):
+    with pytest.raises(InputError, match="is not a PyTorch checkpoint"):
         load_torch_checkpoint(tmp_path / "garbage.pt")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(safe.read_bytes()[:200])
+    with pytest.raises(InputError, match="not a readable PyTorch checkpoint"):
+        load_torch_checkpoint(truncated)
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(InputError, match="is empty"):
+        load_torch_checkpoint(tmp_path / "empty.pt")
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5, "torch.save"])
+def test_malicious_pickles_are_refused_as_such_not_as_damaged(tmp_path, protocol):
+    import pickle
+
+    path = tmp_path / "evil.pt"
+    if protocol == "torch.save":
+        torch.save({"model": _RunsCode()}, path)
+    else:
+        path.write_bytes(pickle.dumps({"model": _RunsCode()}, protocol=protocol))
+    refused = r"need full unpickling \((unsupported GLOBAL posix.system|Unsupported operand \d+)\)"
+    # torch warns about protocols above 2
+    with pytest.warns() if protocol in (4, 5) else contextlib.nullcontext(), pytest.raises(InputError, match=refused):
+        load_torch_checkpoint(path)
+
+
+def test_unreadable_checkpoint_says_permission_denied(tmp_path, monkeypatch):
+    path = tmp_path / "locked.pt"
+    torch.save({"a": torch.ones(1)}, path)
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(torch, "load", denied)
+    with pytest.raises(InputError, match="cannot read checkpoint .*locked.pt: Permission denied"):
+        load_torch_checkpoint(path)
 
 
 def test_sha256_matches_hashlib(tmp_path):
