@@ -160,3 +160,18 @@ def test_cli_refuses_abbreviated_options(capsys):
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert len(error.splitlines()) == 1 and "unrecognized arguments: --priv" in error
+
+
+def test_ctrl_c_while_the_command_imports_is_one_line(capsys, monkeypatch):
+    import importlib
+
+    real_import = importlib.import_module
+
+    def interrupted(name, *args):
+        if name.startswith("hf_tts.commands."):
+            raise KeyboardInterrupt
+        return real_import(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", interrupted)
+    assert main(["merge", "a", "b", "--out", "c"]) == 130
+    assert capsys.readouterr().err == "hf-tts: interrupted; no output was written\n"
