@@ -209,7 +209,11 @@ def test_existing_output_needs_overwrite(folders, tmp_path):
     (out / "keep.txt").write_text("x")
     with pytest.raises(InputError, match="already exists"):
         hf_tts.merge(folders[:2], out_dir=out)
-    assert (out / "keep.txt").exists()
+    # A folder that is not a model folder is never replaced, even with overwrite.
+    with pytest.raises(InputError, match="holds other things than a model"):
+        hf_tts.merge(folders[:2], out_dir=out, overwrite=True)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    (out / "config.json").write_text("{}")
     hf_tts.merge(folders[:2], out_dir=out, overwrite=True)
     assert not (out / "keep.txt").exists() and (out / "model.safetensors").exists()
 
@@ -223,6 +227,7 @@ def test_ctrl_c_mid_merge_leaves_nothing(folders, tmp_path, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("x")
+    (out / "config.json").write_text("{}")  # a model folder: --overwrite may replace it
     calls = []
 
     def interrupted(*args, **kwargs):
@@ -238,7 +243,7 @@ def test_ctrl_c_mid_merge_leaves_nothing(folders, tmp_path, monkeypatch):
         with pytest.raises(KeyboardInterrupt):
             hf_tts.merge(folders[:2], out_dir=target, overwrite=overwrite)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "keep.txt"]
     assert {folder.name: tree_sha256(folder) for folder in folders[:2]} == before
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import shutil
 
 import pytest
 import torch
@@ -177,6 +178,9 @@ def test_cli_merge_dry_run_and_errors(tmp_path, capsys):
     )  # fmt: skip
     assert code == 0 and (tmp_path / "o" / "model.safetensors.index.json").exists()
     assert main(["merge", "--recipe", str(tmp_path / "o" / "merge_recipe.yaml"), "--out", str(tmp_path / "o")]) == 2
+    assert "contains the input" in capsys.readouterr().err  # the recipe lies inside --out
+    shutil.copy(tmp_path / "o" / "merge_recipe.yaml", tmp_path / "recipe.yaml")
+    assert main(["merge", "--recipe", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "o")]) == 2
     assert "already exists" in capsys.readouterr().err
 
 

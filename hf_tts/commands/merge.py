@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from hf_tts.commands._options import bounded_float
 from hf_tts.merge.methods import METHODS
-from hf_tts.merge.plan import OUTPUT_DTYPES
+from hf_tts.merge.plan import LAYER_RULE_TIMEOUT_S, MAX_LAYER_PATTERN_CHARS, MAX_LAYER_PATTERN_REPEATS, OUTPUT_DTYPES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -14,11 +15,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="average checkpoints of one model (streaming, validated, with a generated model card)",
         description=(
             "Merge package model folders, Hub repo ids, upstream F5/E2 checkpoints or XTTS-v2 checkpoints. Every "
-            "source is validated from its headers before anything is written; tensors are merged one at a time."
+            "source is validated from its headers before anything is written; tensors are merged one at a time. "
+            "Integer and bool tensors (step counters, codebook sizes) and a carried vocoder are never averaged: they "
+            "are copied when every source holds the same values and refused otherwise. A merged tensor that overflows "
+            "the output dtype (NaN/Inf) stops the merge with nothing written. --out may not be, contain or lie "
+            "inside any input."
         ),
     )
     parser.add_argument("sources", nargs="*", metavar="SRC", help="model folder, Hub repo id or checkpoint file")
-    parser.add_argument("--weights", nargs="+", type=float, metavar="W", help="one weight per source (default: equal)")
+    parser.add_argument(
+        "--weights",
+        nargs="+",
+        type=bounded_float(None, None),
+        metavar="W",
+        help="one finite weight per source (default: equal)",
+    )
     parser.add_argument("--out", help="output folder (written atomically)")
     parser.add_argument("--method", choices=METHODS, default="linear")
     parser.add_argument("--base", metavar="SRC", help="base model for task_arithmetic / ties")
@@ -29,15 +40,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="divide by the sum of the weights (default: on for linear and ties, off for task_arithmetic)",
     )
     parser.add_argument(
-        "--lambda", dest="scale", type=float, default=1.0, help="task vector scale (task_arithmetic, ties)"
+        "--lambda",
+        dest="scale",
+        type=bounded_float(None, None),
+        default=1.0,
+        help="task vector scale (task_arithmetic, ties); a finite number",
     )
-    parser.add_argument("--density", type=float, default=1.0, help="ties: fraction of each task vector kept")
+    parser.add_argument(
+        "--density",
+        type=bounded_float(0.0, 1.0, low_inclusive=False),
+        default=1.0,
+        help="ties: fraction of each task vector kept, in (0, 1]",
+    )
     parser.add_argument(
         "--layer-weights",
         action="append",
         default=[],
         metavar="REGEX=W1,W2,...",
-        help="per-source weights for tensors whose name matches REGEX (repeatable; the first match wins)",
+        help=(
+            "per-source weights for tensors whose name matches REGEX (repeatable; the first match wins). REGEX is "
+            f"Python regex syntax, searched with the `regex` module: a search over {LAYER_RULE_TIMEOUT_S} s on one "
+            "tensor name (nested quantifiers such as (a+)+) is refused, as are patterns over "
+            f"{MAX_LAYER_PATTERN_CHARS} characters or whose {{m,n}} repeats multiply past "
+            f"{MAX_LAYER_PATTERN_REPEATS}"
+        ),
     )
     parser.add_argument("--dtype", choices=sorted(OUTPUT_DTYPES), help="output dtype (default: the inputs')")
     parser.add_argument(
@@ -78,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("give either --recipe or sources, not both (the recipe lists its sources)")
     if not args.recipe and len(args.sources) < 1:
         raise InputError("no sources: give at least two SRC arguments, or --recipe FILE.yaml")
-    if not args.dry_run and not args.out:
+    if not args.dry_run and args.out is None:
         raise InputError("--out DIR is required (or use --dry-run)")
     path, report = merge(
         args.sources or None,

@@ -37,8 +37,12 @@ class XttsCheckpoint:
         """The config fields that decide the network shape (numbers, flags), not file paths or training settings."""
         fingerprint: dict[str, Any] = {"model": self.config.get("model")}
         for section in _FINGERPRINT_SECTIONS:
-            values = self.config.get(section) or {}
-            for key, value in sorted(values.items()):
+            values = self.config.get(section)
+            if not isinstance(values, dict):
+                # Missing, or not a mapping (a damaged config): compared as it is, so two sources still must agree.
+                fingerprint[section] = values if values is None or isinstance(values, (bool, int, float, str)) else "?"
+                continue
+            for key, value in sorted(values.items(), key=lambda item: str(item[0])):
                 if value is None or isinstance(value, (bool, int, float)):
                     fingerprint[f"{section}.{key}"] = value
         return fingerprint
@@ -51,13 +55,16 @@ def is_xtts_checkpoint(checkpoint: Any) -> bool:
     config = checkpoint.get("config")
     if isinstance(config, dict) and config.get("model") == "xtts":
         return True
-    return any(key.startswith((XTTS_PREFIX, "gpt.")) for key in checkpoint["model"])
+    return any(isinstance(key, str) and key.startswith((XTTS_PREFIX, "gpt.")) for key in checkpoint["model"])
 
 
 def read_xtts_checkpoint(path: str | os.PathLike, checkpoint: dict) -> XttsCheckpoint:
     """Split a loaded XTTS checkpoint into its inference state dict (prefix removed) and its config."""
     path = Path(path)
     model = checkpoint["model"]
+    bad_keys = [key for key in model if not isinstance(key, str)]
+    if bad_keys:
+        raise InputError(f"{path}: the 'model' state dict has a key {bad_keys[0]!r} that is not a string")
     prefixed = [key for key in model if key.startswith(XTTS_PREFIX)]
     if prefixed and len(prefixed) != len(model):
         unprefixed = sorted(set(model) - set(prefixed))[:3]
@@ -75,6 +82,11 @@ def read_xtts_checkpoint(path: str | os.PathLike, checkpoint: dict) -> XttsCheck
             continue
         if not isinstance(value, torch.Tensor):
             raise InputError(f"{path}: model entry {key!r} is a {type(value).__name__}, not a tensor")
+        if value.layout != torch.strided or value.is_quantized or value.is_complex():
+            # Sparse, quantized and complex tensors have no meaningful elementwise average here.
+            raise InputError(
+                f"{path}: model entry {key!r} is a {value.layout} {value.dtype} tensor, which cannot be merged"
+            )
         state_dict[name] = value
     if not state_dict:
         raise InputError(f"{path}: the checkpoint's 'model' holds no XTTS inference weights")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from hf_tts.errors import InputError
-from hf_tts.file_utils import atomic_output_dir, sha256_file
+from hf_tts.file_utils import atomic_output_dir, check_output_target, sha256_file
 from hf_tts.merge.plan import LayerRule, MergePlan, MergeRecipe, build_plan
 from hf_tts.merge.stream import DistanceStats, single_torch_thread
 
@@ -72,9 +72,13 @@ def _write_card(plan: MergePlan, folder: Path, model_id: str, report: MergeRepor
 
     config = None
     if plan.layout == "safetensors":
-        from transformers import AutoConfig
+        from transformers import CONFIG_MAPPING, AutoConfig
 
-        config = AutoConfig.from_pretrained(folder)
+        # A model type this installation does not know (merged from what its config.json says) gets a card without
+        # the config-derived parts rather than failing after the merge.
+        model_type = plan.donor.config.get("model_type")
+        if isinstance(model_type, str) and model_type in CONFIG_MAPPING:
+            config = AutoConfig.from_pretrained(folder)
     hub_ids = sorted({source.hub_id for source in plan.inputs() if source.hub_id})
     card = render_model_card(
         kind="merge",
@@ -134,7 +138,17 @@ def merge(
     `layer_weights` are `"REGEX=W1,W2,..."` rules (first match wins) overriding `weights` per tensor. `recipe` (a
     YAML path or a `MergeRecipe`) replaces all the merge-defining arguments. `dry_run` validates and returns the
     plan without writing. Nothing is left behind on error; an existing `out_dir` needs `overwrite=True`.
+
+    Everything is validated before the first byte is written: the push target, every number, the sources, and
+    `out_dir` (also under `dry_run`, when given): it may not be, contain or lie inside any input file or folder.
     """
+    if push_to_hub is not None:
+        from hf_tts.hub.push import validate_push_target
+
+        validate_push_target(push_to_hub, token)
+    for name, value in (("sources", sources), ("weights", weights), ("layer_weights", layer_weights)):
+        if isinstance(value, (str, bytes, os.PathLike)):
+            raise InputError(f"{name} must be a list, got the single value {value!r}")
     if recipe is not None:
         if sources:
             raise InputError("give either a recipe or sources, not both (the recipe lists its sources)")
@@ -143,8 +157,8 @@ def merge(
         if not sources:
             raise InputError("no sources given: pass at least two checkpoints (or a recipe)")
         merge_recipe = MergeRecipe(
-            models=[str(path) for path in sources],
-            weights=None if weights is None else [float(weight) for weight in weights],
+            models=[os.fspath(path) if isinstance(path, os.PathLike) else path for path in sources],
+            weights=None if weights is None else list(weights),
             method=method,
             base=None if base is None else str(base),
             normalize=normalize,
@@ -159,12 +173,20 @@ def merge(
             max_shard_size=max_shard_size,
             allow_config_mismatch=allow_config_mismatch,
         )
+    named_inputs = [*merge_recipe.models, merge_recipe.base, merge_recipe.config_from, merge_recipe.vocab]
+    named_inputs += [merge_recipe.arch, None if recipe is None or isinstance(recipe, MergeRecipe) else recipe]
+    if out_dir is not None:
+        # Cheap checks first (the plan may download Hub sources); again below with every file the plan resolved.
+        check_output_target(out_dir, inputs=_local_paths(named_inputs), overwrite=overwrite)
+    elif not dry_run:
+        raise InputError("no output folder: pass out_dir (--out)")
     plan = build_plan(merge_recipe, trust_pickle=trust_pickle, token=token)
+    inputs = [*_local_paths(named_inputs), *_plan_inputs(plan)]
+    if out_dir is not None:
+        check_output_target(out_dir, inputs=inputs, overwrite=overwrite)
     report = MergeReport(plan)
     if dry_run:
         return MergeResult(None, report)
-    if out_dir is None:
-        raise InputError("no output folder: pass out_dir (--out)")
     from hf_tts.merge import write
 
     started = time.perf_counter()
@@ -173,7 +195,7 @@ def merge(
     # the remaining files are hashed on both cores.
     with (
         ThreadPoolExecutor(max_workers=HASH_WORKERS) as pool,
-        atomic_output_dir(out_dir, overwrite=overwrite) as staging,
+        atomic_output_dir(out_dir, overwrite=overwrite, inputs=inputs) as staging,
     ):
         hashes = {
             spec: {path.name: pool.submit(sha256_file, path, cache=True) for path in paths}
@@ -209,6 +231,28 @@ def merge(
         )
         report.commit_url = str(commit)
     return MergeResult(path, report)
+
+
+def _local_paths(specs: Sequence[Any]) -> list[str]:
+    """The entries that name something on disk (str or path); Hub ids and preset names are ignored by the output
+    check because no such path exists."""
+    return [os.fspath(spec) for spec in specs if isinstance(spec, (str, os.PathLike)) and os.fspath(spec)]
+
+
+def _plan_inputs(plan: MergePlan) -> list[Path]:
+    """Every file and folder the merge reads: weight files, vocab files, model folders (Hub snapshots included) and
+    the sidecar files an XTTS folder contributes (not its folder, which may be any folder holding checkpoints)."""
+    from hf_tts.merge.write import XTTS_SIDECARS
+
+    paths: list[Path] = []
+    for source in [*plan.inputs(), plan.donor]:
+        paths += [*source.files, *source.vocab_files.values()]
+        if source.folder is not None:
+            if source.kind == "xtts":
+                paths += [source.folder / name for name in XTTS_SIDECARS]
+            else:
+                paths.append(source.folder)
+    return paths
 
 
 class _CallableModule(types.ModuleType):

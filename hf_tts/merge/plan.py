@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import json
 import math
-import re
+import numbers
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import regex
 import torch
 import yaml
 
 from hf_tts.errors import CheckpointMismatchError, InputError
+from hf_tts.file_utils import MAX_YAML_BYTES, check_finite, load_yaml
 from hf_tts.merge.methods import BASE_METHODS, DEFAULT_NORMALIZE, METHODS
 from hf_tts.merge.sources import (
     PROCESSING_FILES,
+    SAFETENSORS_DTYPES,
     VOCODER_PREFIX,
     MergeSource,
     SourceOptions,
@@ -38,11 +42,26 @@ OUTPUT_DTYPES: dict[str, torch.dtype] = {
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 # How many differing keys/fields an error message names.
 SHOWN_DIFFERENCES = 5
+# --layer-weights patterns are user regexes run against every tensor name. A pattern with nested quantifiers such as
+# `^(\w+\.?)+Z$` can take exponential time on a name, and counted repeats such as `((a{1000}){1000}){1000}` take
+# minutes to compile: each search gets a time limit (the `regex` module's timeout), and long patterns or large
+# counted repeats are refused before compiling.
+LAYER_RULE_TIMEOUT_S = 0.5
+MAX_LAYER_PATTERN_CHARS = 1000
+MAX_LAYER_PATTERN_REPEATS = 10_000  # product of every {m,n} bound in a pattern
+_FLOAT32_MAX = torch.finfo(torch.float32).max
+_COUNTED_REPEAT = regex.compile(r"\{\s*(\d*)\s*(?:,\s*(\d*)\s*)?\}")
+_RECIPE_KEYS = (
+    "merge_method", "models", "base_model", "parameters", "layer_weights", "dtype", "source", "arch", "vocab",
+    "config_from", "max_shard_size", "allow_config_mismatch",
+)  # fmt: skip
+_PARAMETER_KEYS = ("normalize", "lambda", "density")
 
 
 @dataclass
 class LayerRule:
-    """Per-source weights for every tensor whose name matches `pattern` (re.search); the first matching rule wins."""
+    """Per-source weights for every tensor whose name matches `pattern` (a search with the `regex` module, whose
+    syntax is Python's `re`); the first matching rule wins."""
 
     pattern: str
     weights: list[float]
@@ -50,20 +69,96 @@ class LayerRule:
     @classmethod
     def parse(cls, text: str) -> LayerRule:
         """`"REGEX=W1,W2,..."` as given to --layer-weights."""
+        if not isinstance(text, str):
+            raise InputError(f"--layer-weights {text!r:.120}: expected a string REGEX=W1,W2,...")
         pattern, separator, values = text.rpartition("=")
         if not separator or not pattern:
-            raise InputError(f"--layer-weights {text!r}: expected REGEX=W1,W2,... (one weight per source)")
+            raise InputError(f"--layer-weights {text!r:.120}: expected REGEX=W1,W2,... (one weight per source)")
         return cls(pattern, [_parse_weight(value, f"--layer-weights {text!r}") for value in values.split(",")])
 
 
-def _parse_weight(value: Any, where: str) -> float:
+def _parse_weight(value: str, where: str) -> float:
+    """A weight written as text (command line): a finite number."""
     try:
         weight = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise InputError(f"{where}: weight {value!r} is not a number") from None
     if not math.isfinite(weight):
-        raise InputError(f"{where}: weight {value!r} is not finite")
+        raise InputError(f"{where}: weight {value!r} is not finite; give finite numbers")
     return weight
+
+
+def _number(value: Any, where: str) -> float:
+    """A finite real number, given as a number: a string or a boolean is an error, never converted."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        hint = ""
+        if isinstance(value, str):
+            try:
+                float(value)
+                hint = " (YAML reads forms such as 1e8 as text: write 1.0e+8, unquoted)"
+            except ValueError:
+                pass
+        raise InputError(f"{where} must be a number, got {value!r:.80} ({type(value).__name__}){hint}")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise InputError(f"{where}: {value} is too large for a floating-point number") from None
+    if not math.isfinite(number):
+        raise InputError(f"{where} must be a finite number, got {value!r:.80}")
+    return number
+
+
+def _flag(value: Any, where: str, optional: bool = False) -> bool | None:
+    """true/false as a boolean: the string "false" is not false, so it is refused rather than read as true."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, bool):
+        allowed = "true, false or null" if optional else "true or false"
+        raise InputError(f"{where} must be {allowed} (a boolean, unquoted), got {value!r:.80} ({type(value).__name__})")
+    return value
+
+
+def _text(value: Any, where: str, optional: bool = False) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value:
+        allowed = "a non-empty string or null" if optional else "a non-empty string"
+        raise InputError(f"{where} must be {allowed}, got {value!r:.80} ({type(value).__name__})")
+    return value
+
+
+def _path_text(value: Any, where: str, optional: bool = False) -> str | None:
+    """A path or Hub id given in Python: a string or an os.PathLike."""
+    return _text(os.fspath(value) if isinstance(value, os.PathLike) else value, where, optional)
+
+
+def _optional_path(value: str | os.PathLike | None) -> str | None:
+    return None if value is None else os.fspath(value)
+
+
+def _list(value: Any, where: str) -> list:
+    if not isinstance(value, list):
+        raise InputError(f"{where} must be a list, got {value!r:.80} ({type(value).__name__})")
+    return value
+
+
+def _mapping(value: Any, where: str, keys: tuple[str, ...], required: tuple[str, ...] = ()) -> dict:
+    """A mapping with only `keys` (unknown keys refused with the valid list) and every `required` key."""
+    if not isinstance(value, dict):
+        raise InputError(f"{where} must be a mapping with keys {', '.join(keys)}, got {value!r:.80}")
+    unknown = sorted(str(key) for key in value if key not in keys)
+    if unknown:
+        raise InputError(f"{where}: unknown keys {', '.join(unknown)}; valid keys: {', '.join(keys)}")
+    missing = [key for key in required if key not in value]
+    if missing:
+        raise InputError(f"{where}: missing {', '.join(missing)}")
+    return value
+
+
+def _shard_size_value(value: Any, where: str) -> str | int:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise InputError(f"{where} must be a size such as 5GB or a number of bytes, got {value!r:.80}")
+    return value
 
 
 @dataclass
@@ -86,15 +181,46 @@ class MergeRecipe:
     max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE
     allow_config_mismatch: bool = False
 
+    def check_types(self) -> None:
+        """Every field has its type (a recipe built in Python is checked as strictly as one read from YAML)."""
+        for index, model in enumerate(_list(self.models, "models")):
+            _path_text(model, f"source {index + 1}")
+        if self.weights is not None:
+            for index, weight in enumerate(_list(self.weights, "weights")):
+                _number(weight, f"weight {index + 1}")
+        _text(self.method, "method")
+        _path_text(self.base, "base", optional=True)
+        _flag(self.normalize, "normalize", optional=True)
+        _number(self.scale, "lambda (scale)")
+        _number(self.density, "density")
+        for index, rule in enumerate(_list(self.layer_weights, "layer_weights")):
+            if not isinstance(rule, LayerRule):
+                raise InputError(f"layer_weights[{index}] must be a LayerRule or 'REGEX=W1,W2,...', got {rule!r}")
+            _text(rule.pattern, f"layer_weights[{index}].pattern")
+            for weight in _list(rule.weights, f"layer_weights[{index}].weights"):
+                _number(weight, f"--layer-weights {rule.pattern!r} weight")
+        _text(self.dtype, "dtype", optional=True)
+        for name in ("arch", "vocab", "config_from"):
+            _path_text(getattr(self, name), name, optional=True)
+        _text(self.source, "source")
+        _shard_size_value(self.max_shard_size, "max_shard_size")
+        _flag(self.allow_config_mismatch, "allow_config_mismatch")
+
     def resolved(self) -> MergeRecipe:
         """A copy with every default made explicit (what is saved, so re-running it needs nothing else)."""
         return MergeRecipe(
             **{
                 **{f.name: getattr(self, f.name) for f in fields(self)},
-                "models": [str(model) for model in self.models],
-                "weights": list(self.weights) if self.weights is not None else [1.0] * len(self.models),
+                "models": [os.fspath(model) for model in self.models],
+                "weights": [float(w) for w in self.weights] if self.weights is not None else [1.0] * len(self.models),
                 "normalize": DEFAULT_NORMALIZE.get(self.method, True) if self.normalize is None else self.normalize,
-                "base": None if self.base is None else str(self.base),
+                "base": None if self.base is None else os.fspath(self.base),
+                "scale": float(self.scale),
+                "density": float(self.density),
+                "layer_weights": [
+                    LayerRule(rule.pattern, [float(w) for w in rule.weights]) for rule in self.layer_weights
+                ],
+                **{name: _optional_path(getattr(self, name)) for name in ("arch", "vocab", "config_from")},
             }
         )
 
@@ -119,57 +245,59 @@ class MergeRecipe:
         return yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> MergeRecipe:
+    def from_yaml(cls, path: str | os.PathLike) -> MergeRecipe:
+        """Read a recipe strictly: safe YAML (no aliases, tags, or size/depth bombs), only known keys, every value of
+        its type (a quoted "false" is an error, not true). Error messages name the recipe and the key."""
         path = Path(path)
         if not path.is_file():
             raise InputError(f"recipe {path} does not exist or is not a file")
         try:
-            document = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as error:
-            raise InputError(f"recipe {path} is not valid YAML: {error}") from error
-        known = {
-            "merge_method", "models", "base_model", "parameters", "layer_weights", "dtype", "source", "arch",
-            "vocab", "config_from", "max_shard_size", "allow_config_mismatch",
-        }  # fmt: skip
-        if not isinstance(document, dict) or not isinstance(document.get("models"), list):
-            raise InputError(f"recipe {path} must be a mapping with a 'models' list ({{model: SRC, weight: W}} items)")
-        unknown = sorted(set(document) - known)
-        if unknown:
-            raise InputError(f"recipe {path}: unknown keys {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            with open(path, "rb") as handle:
+                raw = handle.read(MAX_YAML_BYTES + 1)  # load_yaml refuses anything longer
+        except OSError as error:
+            raise InputError(f"recipe {path} cannot be read: {error.strerror or error}") from None
+        return cls.from_document(load_yaml(raw, f"recipe {path}"), f"recipe {path}")
+
+    @classmethod
+    def from_document(cls, document: Any, where: str = "recipe") -> MergeRecipe:
+        """A recipe from parsed YAML/JSON data (what `from_yaml` reads); InputError naming `where` and the key."""
+        document = _mapping(document, where, _RECIPE_KEYS, required=("models",))
         models, weights = [], []
-        for index, entry in enumerate(document["models"]):
-            if not isinstance(entry, dict) or "model" not in entry:
-                raise InputError(f"recipe {path}: models[{index}] must be a mapping with 'model' (and 'weight')")
-            models.append(str(entry["model"]))
-            weights.append(_parse_weight(entry.get("weight", 1.0), f"recipe {path} models[{index}]"))
-        parameters = document.get("parameters") or {}
-        unknown = sorted(set(parameters) - {"normalize", "lambda", "density"})
-        if unknown:
-            raise InputError(
-                f"recipe {path}: unknown parameters {', '.join(unknown)}; known: density, lambda, normalize"
-            )
+        for index, entry in enumerate(_list(document["models"], f"{where}: models")):
+            entry = _mapping(entry, f"{where}: models[{index}]", ("model", "weight"), required=("model",))
+            models.append(_text(entry["model"], f"{where}: models[{index}].model"))
+            weights.append(_number(entry.get("weight", 1.0), f"{where}: models[{index}].weight"))
+        parameters = document.get("parameters")
+        parameters = {} if parameters is None else _mapping(parameters, f"{where}: parameters", _PARAMETER_KEYS)
         rules = []
-        for index, entry in enumerate(document.get("layer_weights") or []):
-            if not isinstance(entry, dict) or "pattern" not in entry or not isinstance(entry.get("weights"), list):
-                raise InputError(f"recipe {path}: layer_weights[{index}] must be {{pattern: REGEX, weights: [...]}}")
-            where = f"recipe {path} layer_weights[{index}]"
-            rules.append(LayerRule(str(entry["pattern"]), [_parse_weight(w, where) for w in entry["weights"]]))
+        layer_weights = document.get("layer_weights")
+        for index, entry in enumerate([] if layer_weights is None else _list(layer_weights, f"{where}: layer_weights")):
+            label = f"{where}: layer_weights[{index}]"
+            entry = _mapping(entry, label, ("pattern", "weights"), required=("pattern", "weights"))
+            rule_weights = [
+                _number(weight, f"{label}.weights") for weight in _list(entry["weights"], f"{label}.weights")
+            ]
+            rules.append(LayerRule(_text(entry["pattern"], f"{label}.pattern"), rule_weights))
         return cls(
             models=models,
             weights=weights,
-            method=str(document.get("merge_method", "linear")),
-            base=document.get("base_model"),
-            normalize=parameters.get("normalize"),
-            scale=_parse_weight(parameters.get("lambda", 1.0), f"recipe {path} parameters.lambda"),
-            density=_parse_weight(parameters.get("density", 1.0), f"recipe {path} parameters.density"),
+            method=_text(document.get("merge_method", "linear"), f"{where}: merge_method"),
+            base=_text(document.get("base_model"), f"{where}: base_model", optional=True),
+            normalize=_flag(parameters.get("normalize"), f"{where}: parameters.normalize", optional=True),
+            scale=_number(parameters.get("lambda", 1.0), f"{where}: parameters.lambda"),
+            density=_number(parameters.get("density", 1.0), f"{where}: parameters.density"),
             layer_weights=rules,
-            dtype=document.get("dtype"),
-            source=str(document.get("source", "ema")),
-            arch=document.get("arch"),
-            vocab=document.get("vocab"),
-            config_from=document.get("config_from"),
-            max_shard_size=document.get("max_shard_size", DEFAULT_MAX_SHARD_SIZE),
-            allow_config_mismatch=bool(document.get("allow_config_mismatch", False)),
+            dtype=_text(document.get("dtype"), f"{where}: dtype", optional=True),
+            source=_text(document.get("source", "ema"), f"{where}: source"),
+            arch=_text(document.get("arch"), f"{where}: arch", optional=True),
+            vocab=_text(document.get("vocab"), f"{where}: vocab", optional=True),
+            config_from=_text(document.get("config_from"), f"{where}: config_from", optional=True),
+            max_shard_size=_shard_size_value(
+                document.get("max_shard_size", DEFAULT_MAX_SHARD_SIZE), f"{where}: max_shard_size"
+            ),
+            allow_config_mismatch=_flag(
+                document.get("allow_config_mismatch", False), f"{where}: allow_config_mismatch"
+            ),
         )
 
 
@@ -272,7 +400,16 @@ def _check_processing_files(first_label: str, reference: MergeSource, label: str
             )
 
 
+def _weight_sum(weights: list[float], where: str) -> float:
+    try:
+        return math.fsum(weights)
+    except OverflowError:
+        raise InputError(f"{where}: the weights {weights} overflow when summed; use smaller weights") from None
+
+
 def _check_weights(recipe: MergeRecipe) -> None:
+    """Method, counts and numbers: every weight finite, their sum finite and non-zero, each normalised coefficient
+    finite, lambda finite, density in (0, 1]."""
     count = len(recipe.models)
     if recipe.method not in METHODS:
         raise InputError(f"unknown merge method {recipe.method!r}; choose one of {', '.join(METHODS)}")
@@ -286,7 +423,7 @@ def _check_weights(recipe: MergeRecipe) -> None:
     if count < minimum:
         raise InputError(f"{recipe.method} needs at least {minimum} sources, got {count}")
     if not 0.0 < recipe.density <= 1.0:
-        raise InputError(f"density must be in (0, 1], got {recipe.density}")
+        raise InputError(f"--density must be in (0, 1] (the fraction of each task vector kept), got {recipe.density}")
     if recipe.dtype is not None and recipe.dtype not in OUTPUT_DTYPES:
         raise InputError(f"--dtype {recipe.dtype!r} is not one of {', '.join(OUTPUT_DTYPES)}")
     if recipe.source not in ("ema", "online"):
@@ -296,13 +433,55 @@ def _check_weights(recipe: MergeRecipe) -> None:
     ]:
         if len(weights) != count:
             raise InputError(f"{where}: {len(weights)} weights for {count} sources; give one weight per source")
-        if math.fsum(weights) == 0:
+        total = _weight_sum(weights, where)
+        # The formulas scale float32 tensors by the weights (torch refuses a factor beyond float32's range).
+        if any(abs(weight) > _FLOAT32_MAX for weight in weights):
+            raise InputError(
+                f"{where}: the weights {weights} exceed float32's range (±{_FLOAT32_MAX:.3g}); scale them down"
+            )
+        if total == 0:
             raise InputError(f"{where}: the weights {weights} sum to zero, so the merge is undefined")
+        if recipe.normalize and not all(math.isfinite(weight / total) for weight in weights):
+            raise InputError(
+                f"{where}: the weights {weights} sum to {total:g}, so dividing by their sum overflows; use weights "
+                "whose sum is not close to zero"
+            )
+    if abs(recipe.scale) > _FLOAT32_MAX:
+        raise InputError(f"--lambda {recipe.scale:g} exceeds float32's range (±{_FLOAT32_MAX:.3g})")
     for rule in recipe.layer_weights:
-        try:
-            re.compile(rule.pattern)
-        except re.error as error:
-            raise InputError(f"--layer-weights {rule.pattern!r} is not a valid regular expression: {error}") from error
+        compile_layer_pattern(rule.pattern)
+
+
+def compile_layer_pattern(pattern: str) -> regex.Pattern:
+    """Compile a --layer-weights pattern, refusing syntax errors and patterns too long or with counted repeats too
+    large to compile quickly (see MAX_LAYER_PATTERN_*)."""
+    where = f"--layer-weights {pattern!r:.120}"
+    if len(pattern) > MAX_LAYER_PATTERN_CHARS:
+        raise InputError(f"{where}: the pattern is longer than {MAX_LAYER_PATTERN_CHARS} characters")
+    repeats = 1
+    for match in _COUNTED_REPEAT.finditer(pattern):
+        repeats *= max(int(bound) if bound else 1 for bound in match.groups(default=""))
+        if repeats > MAX_LAYER_PATTERN_REPEATS:
+            raise InputError(
+                f"{where}: counted repeats ({{m,n}}) multiply to more than {MAX_LAYER_PATTERN_REPEATS}; use + or * "
+                "instead"
+            )
+    try:
+        return regex.compile(pattern)
+    except (regex.error, ValueError, OverflowError, RecursionError) as error:
+        raise InputError(f"{where} is not a valid regular expression: {error}") from None
+
+
+def layer_pattern_matches(compiled: regex.Pattern, key: str) -> bool:
+    """Whether a --layer-weights pattern matches tensor name `key`; a search that runs past LAYER_RULE_TIMEOUT_S
+    (catastrophic backtracking) is an InputError naming the pattern."""
+    try:
+        return compiled.search(key, timeout=LAYER_RULE_TIMEOUT_S) is not None
+    except TimeoutError:
+        raise InputError(
+            f"--layer-weights {compiled.pattern!r:.120} took over {LAYER_RULE_TIMEOUT_S} s on the tensor name "
+            f"{key!r} (nested quantifiers such as (a+)+ backtrack exponentially); simplify the pattern"
+        ) from None
 
 
 def _check_agreement(
@@ -361,8 +540,11 @@ def _check_copies_agree(labelled: list[tuple[str, MergeSource]], keys: list[str]
     reference_label, reference = labelled[0]
     for key in keys:
         first = reference.reader.tensor(key)
+        # NaN != NaN: a damaged copy would otherwise be reported as a difference between the sources.
+        check_finite(first, f"{reference_label}: tensor {key!r}")
         for label, source in labelled[1:]:
             other = source.reader.tensor(key)
+            check_finite(other, f"{label}: tensor {key!r}")
             if not torch.equal(first, other):
                 values = f"{first.tolist()} vs {other.tolist()}" if first.numel() < 5 else "values differ"
                 if key.startswith(VOCODER_PREFIX):
@@ -405,6 +587,9 @@ def _shard(tasks: list[TensorTask], max_shard_size: int) -> list[list[str]]:
 
 def build_plan(recipe: MergeRecipe, *, trust_pickle: bool = False, token: str | None = None) -> MergePlan:
     """Open and validate every source; raise InputError / CheckpointMismatchError naming what differs."""
+    if not isinstance(recipe, MergeRecipe):
+        raise InputError(f"recipe must be a MergeRecipe or a YAML path, got {type(recipe).__name__}")
+    recipe.check_types()
     recipe = recipe.resolved()
     _check_weights(recipe)
     max_shard_size = _parse_shard_size(recipe.max_shard_size)
@@ -426,16 +611,22 @@ def build_plan(recipe: MergeRecipe, *, trust_pickle: bool = False, token: str | 
         )
 
     infos = sources[0].reader.infos()
-    rules = [(rule, re.compile(rule.pattern)) for rule in recipe.layer_weights]
+    rules = [(rule, compile_layer_pattern(rule.pattern)) for rule in recipe.layer_weights]
     out_dtype = OUTPUT_DTYPES[recipe.dtype] if recipe.dtype else None
     tasks, copied = [], []
+    supported = set(SAFETENSORS_DTYPES.values())
     for key in sorted(infos):
         info = infos[key]
+        if info.dtype not in supported:
+            raise InputError(
+                f"source 1 ({sources[0].spec}): tensor {key!r} has dtype {info.dtype}, which merging does not support "
+                f"(supported: {', '.join(sorted(SAFETENSORS_DTYPES))})"
+            )
         if not info.dtype.is_floating_point or key.startswith(VOCODER_PREFIX):
             copied.append(key)
             tasks.append(TensorTask(key, info, info.dtype, False, (), None))
             continue
-        rule = next((rule for rule, regex in rules if regex.search(key)), None)
+        rule = next((rule for rule, compiled in rules if layer_pattern_matches(compiled, key)), None)
         weights = tuple(rule.weights) if rule else tuple(recipe.weights)
         tasks.append(TensorTask(key, info, out_dtype or info.dtype, True, weights, rule.pattern if rule else None))
     unused = [rule.pattern for rule in recipe.layer_weights if not any(task.rule == rule.pattern for task in tasks)]

@@ -140,7 +140,10 @@ class MappedSafetensors(Mapping):
             self._file = open(self.path, "rb", buffering=0)  # noqa: SIM115 (read from until the reader is dropped)
             # A private mapping: a stray write could never reach the file.
             self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_COPY)
-        except (OSError, ValueError) as error:
+        except OSError as error:
+            hint = " (too many open files: each source keeps two open; raise `ulimit -n`)" if error.errno == 24 else ""
+            raise InputError(f"{self.path} cannot be opened: {error.strerror or error}{hint}") from None
+        except ValueError as error:
             raise InputError(f"{self.path} is not a readable safetensors file: {error}") from error
         self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
         self._entries: dict[str, tuple[TensorInfo, int, int]] = {}
@@ -189,7 +192,10 @@ class MappedSafetensors(Mapping):
         if start == 0:
             # Ask for the whole tensor at once: the disk gets a few large requests instead of one per slice.
             os.posix_fadvise(self._file.fileno(), begin, end - begin, os.POSIX_FADV_WILLNEED)
-        size = os.preadv(self._file.fileno(), [target.view(torch.uint8).numpy()], offset)
+        try:
+            size = os.preadv(self._file.fileno(), [target.view(torch.uint8).numpy()], offset)
+        except OSError as error:
+            raise InputError(f"{self.path}: tensor {key!r} could not be read: {error.strerror or error}") from None
         if size != target.numel() * itemsize:
             raise InputError(f"{self.path}: tensor {key!r} could not be read in full; the file changed or is truncated")
         return target
@@ -251,8 +257,9 @@ class FolderReader:
 
     def __init__(self, folder: Path):
         index_path = folder / WEIGHTS_INDEX_NAME
+        weight_map = None
         if index_path.is_file():
-            weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+            weight_map = _read_weight_map(index_path)
             files = sorted(set(weight_map.values()))
         elif (folder / WEIGHTS_NAME).is_file():
             files = [WEIGHTS_NAME]
@@ -266,7 +273,20 @@ class FolderReader:
         self._owner: dict[str, MappedSafetensors] = {}
         for shard in self._shards:
             for key in shard.infos():
+                if key in self._owner:
+                    raise InputError(
+                        f"{folder}: tensor {key!r} is in both {self._owner[key].path.name} and {shard.path.name}"
+                    )
                 self._owner[key] = shard
+        if weight_map is not None:
+            misplaced = sorted(key for key, shard in self._owner.items() if weight_map.get(key) != shard.path.name)
+            unlisted = sorted(set(weight_map) - set(self._owner))
+            if misplaced or unlisted:
+                example = (misplaced or unlisted)[0]
+                raise InputError(
+                    f"{index_path} does not match its shards ({len(misplaced) + len(unlisted)} keys listed in the "
+                    f"wrong shard or in none, e.g. {example!r}); regenerate the folder with save_pretrained"
+                )
 
     def infos(self) -> dict[str, TensorInfo]:
         return {key: info for shard in self._shards for key, info in shard.infos().items()}
@@ -279,6 +299,24 @@ class FolderReader:
 
     def release(self, key: str) -> None:
         self._owner[key].release(key)
+
+
+def _read_weight_map(index_path: Path) -> dict[str, str]:
+    """The index's `weight_map`: tensor name -> shard file name, a plain file name in the same folder (an index
+    naming `../x` or an absolute path would make the merge read files outside the model folder)."""
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise InputError(f"{index_path} is not a readable JSON file: {str(error)[:200]}") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise InputError(f"{index_path} has no 'weight_map' (tensor name -> shard file); regenerate it")
+    for key, name in weight_map.items():
+        if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
+            raise InputError(
+                f"{index_path}: tensor {key!r} is mapped to {name!r}, which is not a shard file name in that folder"
+            )
+    return weight_map
 
 
 @dataclass
@@ -307,7 +345,11 @@ class MergeSource:
             return None
         digest = hashlib.sha256()
         for name in sorted(self.vocab_files):
-            digest.update(name.encode() + b"\0" + self.vocab_files[name].read_bytes())
+            try:
+                content = self.vocab_files[name].read_bytes()
+            except OSError as error:
+                raise InputError(f"{self.vocab_files[name]} cannot be read: {error.strerror or error}") from None
+            digest.update(name.encode() + b"\0" + content)
         return digest.hexdigest()
 
 
@@ -329,13 +371,24 @@ def structural_fields(config: dict[str, Any]) -> dict[str, Any]:
 def _full_config(folder: Path) -> dict[str, Any]:
     """The folder's config with defaults filled in (save_pretrained writes only the fields that differ from them),
     so a field left at its default in one source and written out in another still compares equal."""
-    from transformers import AutoConfig
+    from transformers import CONFIG_MAPPING, AutoConfig
 
-    raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    path = folder / "config.json"
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise InputError(f"{path} is not a readable JSON file: {str(error)[:200]}") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"{path} must hold a JSON object (a model config), got {type(raw).__name__}")
+    model_type = raw.get("model_type")
+    if not isinstance(model_type, str) or model_type not in CONFIG_MAPPING:
+        return raw  # a model type this installation does not know: compare what the file says
     try:
         return AutoConfig.from_pretrained(folder).to_dict()
-    except (ValueError, KeyError, OSError):
-        return raw  # a model type this installation does not know: compare what the file says
+    except InputError:
+        raise  # the package's config validation names the file and the field
+    except (ValueError, TypeError, KeyError, OSError) as error:
+        raise InputError(f"{path}: not a valid {model_type} config: {str(error).strip()[:200]}") from None
 
 
 def _open_folder(spec: str, folder: Path, kind: str, hub_id: str | None) -> MergeSource:

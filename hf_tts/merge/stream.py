@@ -3,7 +3,12 @@ it, hand it to the writer, and hand a tensor's pages back once all its slices ar
 
 Peak memory is, per worker, one slice of every input and one slice-sized accumulator for elementwise methods
 (linear, task arithmetic, TIES without pruning), and the method's few buffers for the largest tensor otherwise (fp32,
-or fp64 for fp64), whatever the number of sources.
+or fp64 for fp64). A slice's length shrinks as sources are added (`SLICE_BUDGET_ELEMENTS` over all inputs), so the
+slice buffers do not grow with the number of sources; the distance statistics are summed as slices finish, holding
+at most a window of results that finished ahead of their turn.
+
+Every merged slice is checked after the cast to the output dtype: a NaN or Inf in an input is named with its
+source; an output that overflows (large weights or lambda, or fp16's range) is named with its tensor.
 """
 
 from __future__ import annotations
@@ -27,6 +32,13 @@ from hf_tts.merge.sources import TensorReader
 # so small slices are bound by call overhead. Streaming 4 x 1.35 GB from the page cache measured 2.07 s with 2^14,
 # 1.51 s with 2^15, 0.96 s with 2^18 (2^19 alike) and 2.49 s with 2^20.
 CHUNK_ELEMENTS = 1 << 18
+# Elements of all inputs together in one worker's slice buffer (4 MiB of fp32): with more than four inputs each
+# input's slice is shorter (at least MIN_CHUNK_ELEMENTS), so 1,000 sources cost no more buffer memory than four.
+SLICE_BUDGET_ELEMENTS = 1 << 20
+MIN_CHUNK_ELEMENTS = 1 << 10
+# Slice results a worker may finish ahead of the earliest unfinished slice (their statistics wait to be summed in
+# output order): bounds that memory; a worker this far ahead waits.
+STATISTICS_WINDOW = 64
 _NUMBERED_BLOCK = re.compile(r"^(.*?\.\d+)(?:\.|$)")
 
 
@@ -108,6 +120,11 @@ def _merge(
     return methods.ties(base, sources, weights, recipe.density, recipe.normalize, recipe.scale)
 
 
+def chunk_elements(input_count: int) -> int:
+    """Elements of each input per slice: `CHUNK_ELEMENTS`, shorter when many inputs share the slice budget."""
+    return min(CHUNK_ELEMENTS, max(MIN_CHUNK_ELEMENTS, SLICE_BUDGET_ELEMENTS // max(input_count, 1)))
+
+
 def _chunk_statistics(
     labels: list[str], inputs: torch.Tensor, merged: torch.Tensor, key: str, source_count: int
 ) -> tuple[list[float], list[float], float]:
@@ -137,13 +154,14 @@ class SliceJob:
 
 
 def slice_jobs(plan: MergePlan, keys: Iterable[str]) -> list[SliceJob]:
-    """The jobs that produce `keys`' tensors in order: `CHUNK_ELEMENTS`-sized slices of merged tensors, one job per
+    """The jobs that produce `keys`' tensors in order: `chunk_elements`-sized slices of merged tensors, one job per
     copied tensor (integer buffers, vocoder weights)."""
     tasks = {task.key: task for task in plan.tasks}
+    chunk = chunk_elements(len(plan.inputs()))
     jobs: list[SliceJob] = []
     for key in keys:
         task = tasks[key]
-        step = CHUNK_ELEMENTS if task.merged else max(task.info.numel, 1)
+        step = chunk if task.merged else max(task.info.numel, 1)
         for start in range(0, max(task.info.numel, 1), step):
             jobs.append(SliceJob(len(jobs), task, start, min(step, task.info.numel - start)))
     return jobs
@@ -158,6 +176,7 @@ class _SliceWorker:
         self.labels = [label for label, _ in labelled]
         self.readers = [reader for _, reader in labelled]
         self.elementwise = _is_elementwise(plan)
+        self.chunk = chunk_elements(len(self.readers))
         self._input_buffers: dict[torch.dtype, torch.Tensor] = {}  # per input dtype, one row per input
         self._accumulators: dict[torch.dtype, torch.Tensor] = {}  # per accumulator dtype
         self._whole: tuple[str, list[torch.Tensor], torch.Tensor] | None = None  # key, flat inputs, flat merge
@@ -171,7 +190,7 @@ class _SliceWorker:
             # Converted once here (a no-op for fp32), not again in the merge formula and in the statistics.
             accumulator_dtype = methods.accumulator_dtype(task.info.dtype)
             inputs = self._read_stacked(job).to(accumulator_dtype)
-            accumulator = self._buffer(self._accumulators, (CHUNK_ELEMENTS,), accumulator_dtype)
+            accumulator = self._buffer(self._accumulators, (self.chunk,), accumulator_dtype)
             merged = _merge(self.plan, task, inputs, accumulator[: job.count])
         else:
             if self._whole is None or self._whole[0] != task.key:
@@ -182,14 +201,16 @@ class _SliceWorker:
             inputs = torch.stack([flat[job.start : job.start + job.count] for flat in flats])
             merged = whole[job.start : job.start + job.count]
         statistics = _chunk_statistics(self.labels, inputs, merged, task.key, len(self.plan.sources))
-        return merged.to(task.out_dtype), statistics
+        out = merged.to(task.out_dtype)
+        _check_output_finite(self.plan, task, out, statistics[2])
+        return out, statistics
 
     def finish_key(self) -> None:
         self._whole = None
 
     def _read_stacked(self, job: SliceJob) -> torch.Tensor:
         dtype = job.task.info.dtype
-        inputs = self._buffer(self._input_buffers, (len(self.readers), CHUNK_ELEMENTS), dtype)[:, : job.count]
+        inputs = self._buffer(self._input_buffers, (len(self.readers), self.chunk), dtype)[:, : job.count]
         for reader, row in zip(self.readers, inputs):
             piece = reader.read(job.task.key, job.start, row)
             if piece.data_ptr() != row.data_ptr():  # a reader that hands out views of memory it already holds
@@ -201,6 +222,54 @@ class _SliceWorker:
         if dtype not in buffers:
             buffers[dtype] = torch.empty(shape, dtype=dtype)
         return buffers[dtype]
+
+
+def _check_output_finite(plan: MergePlan, task: TensorTask, out: torch.Tensor, merged_squared_norm: float) -> None:
+    """Refuse a merged slice that is not finite in the output dtype (the inputs were checked already, so this is an
+    overflow: large weights or lambda, or a value beyond fp16's range). The slice's norm, already computed, bounds
+    every element, so the elementwise check runs only when the norm is not safely inside the output range."""
+    if math.isfinite(merged_squared_norm) and math.sqrt(merged_squared_norm) <= torch.finfo(out.dtype).max:
+        return
+    if bool(torch.isfinite(out).all()):
+        return
+    dtype_name = str(out.dtype).removeprefix("torch.")
+    levers = "lower --lambda or the weights" if plan.base is not None else "lower the weights"
+    raise InputError(
+        f"the merged tensor {task.key!r} has NaN or Inf values in {dtype_name} (the merge overflows); {levers}, "
+        "or use --dtype float32"
+    )
+
+
+class _InOrderStatistics:
+    """Adds each slice's statistics to `stats` in output order (so the sums do not depend on which worker finished
+    first) as soon as every earlier slice is done, holding at most `window` results that finished early."""
+
+    def __init__(self, stats: DistanceStats, window: int):
+        self.stats, self.window = stats, window
+        self.next_index = 0
+        self.pending: dict[int, tuple[SliceJob, tuple[list[float], list[float], float] | None]] = {}
+        self.condition = threading.Condition()
+
+    def wait_turn(self, job: SliceJob, stop: threading.Event) -> None:
+        """Block while `job` is `window` or more slices ahead of the earliest unfinished one. The worker holding that
+        slice never waits (its job is the earliest), so this cannot deadlock."""
+        with self.condition:
+            while job.index - self.next_index >= self.window and not stop.is_set():
+                self.condition.wait(0.1)
+
+    def add(self, job: SliceJob, statistics: tuple[list[float], list[float], float] | None) -> None:
+        with self.condition:
+            self.pending[job.index] = (job, statistics)
+            while self.next_index in self.pending:
+                done, done_statistics = self.pending.pop(self.next_index)
+                if done_statistics is not None:
+                    self.stats.add(block_name(done.task.key), *done_statistics)
+                self.next_index += 1
+            self.condition.notify_all()
+
+    def wake(self) -> None:
+        with self.condition:
+            self.condition.notify_all()
 
 
 def stream_merge(
@@ -225,7 +294,7 @@ def stream_merge(
     if not _is_elementwise(plan):
         workers = 1
     remaining = collections.Counter(job.task.key for job in jobs)  # slices left per key, to release its pages
-    statistics: list[tuple[list[float], list[float], float] | None] = [None] * len(jobs)
+    in_order = _InOrderStatistics(stats, STATISTICS_WINDOW * workers)
     failures: dict[int, BaseException] = {}
     lock = threading.Lock()
     stop = threading.Event()
@@ -233,15 +302,18 @@ def stream_merge(
     def work(worker_jobs: list[SliceJob]) -> None:
         worker = _SliceWorker(plan, labelled)
         for job in worker_jobs:
+            in_order.wait_turn(job, stop)
             if stop.is_set():
                 return
             try:
-                merged, statistics[job.index] = worker.run(job)
+                merged, job_statistics = worker.run(job)
                 write(job, merged)
             except BaseException as error:  # noqa: BLE001 (re-raised once the workers stop)
                 failures[job.index] = error
                 stop.set()
+                in_order.wake()
                 return
+            in_order.add(job, job_statistics)
             with lock:
                 remaining[job.task.key] -= 1
                 done = remaining[job.task.key] == 0
@@ -261,11 +333,9 @@ def stream_merge(
                 thread.join()
         except BaseException:  # Ctrl-C in the calling thread: let the workers finish their current slice and stop
             stop.set()
+            in_order.wake()
             for thread in threads:
                 thread.join()
             raise
     if failures:
         raise failures[min(failures)]
-    for job, job_statistics in zip(jobs, statistics):
-        if job_statistics is not None:
-            stats.add(block_name(job.task.key), *job_statistics)
