@@ -8,6 +8,7 @@ HTK filterbank (`transformers.audio_utils` mel scale, torchaudio's float32 arith
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from torch import nn
 from transformers.audio_utils import hertz_to_mel
 
 from hf_tts.errors import InputError
+from hf_tts.limits import MAX_AUDIO_DECODED_SAMPLES, MAX_AUDIO_SECONDS, MAX_SAMPLING_RATE, check_number
 
 
 class LogMelSpectrogram(nn.Module):
@@ -110,7 +112,12 @@ MIN_DBFS = -200.0  # the level reported for digital silence (pydub reports -inf)
 def _as_float_array(values: np.ndarray | torch.Tensor, source: str) -> np.ndarray:
     if isinstance(values, torch.Tensor):
         values = values.detach().to("cpu", torch.float32).numpy()
-    wave = np.asarray(values, dtype=np.float32)
+    try:
+        wave = np.asarray(values, dtype=np.float32)
+    except (TypeError, ValueError) as error:
+        raise InputError(
+            f"{source}: expected an array of audio samples, got {type(values).__name__} ({error})"
+        ) from None
     if wave.ndim not in (1, 2) or wave.size == 0:
         raise InputError(
             f"{source}: expected a non-empty 1-D (samples) or 2-D (channels, samples) array, got shape {wave.shape}"
@@ -118,6 +125,72 @@ def _as_float_array(values: np.ndarray | torch.Tensor, source: str) -> np.ndarra
     if not np.isfinite(wave).all():
         raise InputError(f"{source}: the audio contains NaN or infinite samples")
     return wave
+
+
+def check_input_file(path: str | os.PathLike, what: str) -> Path:
+    """`path` as a regular file this process can open, or an InputError saying what it is instead: missing, a folder,
+    a fifo / device / socket (reading a fifo would block), or not readable. `what` names it ("reference audio
+    file")."""
+    path = Path(path)
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        broken_link = os.path.islink(path)
+        raise InputError(f"{what} {path} {'is a broken symbolic link' if broken_link else 'does not exist'}") from None
+    except OSError as error:
+        raise InputError(f"{what} {path} cannot be read: {_reason(error)}") from None
+    if stat.S_ISDIR(status.st_mode):
+        raise InputError(f"{what} {path} is a folder, not a file")
+    if not stat.S_ISREG(status.st_mode):
+        raise InputError(f"{what} {path} is not a regular file (a fifo, device or socket); give a file")
+    try:
+        os.close(os.open(path, os.O_RDONLY))
+    except OSError as error:
+        raise InputError(f"{what} {path} cannot be read: {_reason(error)}") from None
+    return path
+
+
+def _reason(error: OSError) -> str:
+    if isinstance(error, PermissionError):
+        return "permission denied (check the permissions of the file and its folders)"
+    return error.strerror or str(error)
+
+
+def _check_audio_length(samples: int, rate: float, source: str, max_seconds: float) -> None:
+    """Refuse audio longer than `max_seconds`: its length after resampling to any rate, from its sample count and
+    rate alone, before anything is decoded or resampled (a header claiming 1 Hz would resample to 1e9 samples)."""
+    seconds = samples / rate
+    if seconds > max_seconds:
+        raise InputError(
+            f"{source} lasts {seconds:.6g} s ({samples} samples at {rate:g} Hz); at most {max_seconds:g} s of "
+            "audio is read: give a shorter recording"
+        )
+
+
+def check_audio_file(path: str | os.PathLike, source: str = "audio", *, max_seconds: float = MAX_AUDIO_SECONDS):
+    """The `soundfile.info` of an audio file, after checking from its header alone that it can be decoded within the
+    caps: a positive sampling rate, at most `max_seconds` long, at most `MAX_AUDIO_DECODED_SAMPLES` samples over
+    all channels. Raises InputError naming `source` and the file."""
+    import soundfile
+
+    path = check_input_file(path, f"{source} file")
+    described = f"{source} file {path}"
+    try:
+        info = soundfile.info(str(path))
+    except (soundfile.LibsndfileError, RuntimeError, ValueError) as error:
+        raise InputError(f"{described} is not readable audio ({error}); use WAV, FLAC or OGG") from error
+    if not 0 < info.samplerate <= MAX_SAMPLING_RATE or info.channels <= 0:
+        raise InputError(
+            f"{described} is damaged or unsupported: its header gives {info.samplerate} Hz (at most "
+            f"{MAX_SAMPLING_RATE} is read) and {info.channels} channels"
+        )
+    _check_audio_length(info.frames, info.samplerate, described, max_seconds)
+    if info.frames * info.channels > MAX_AUDIO_DECODED_SAMPLES:
+        raise InputError(
+            f"{described} holds {info.frames} frames x {info.channels} channels, more than the "
+            f"{MAX_AUDIO_DECODED_SAMPLES} samples decoded at most; give a shorter, mono or lower-rate recording"
+        )
+    return info
 
 
 def to_mono(wave: np.ndarray) -> np.ndarray:
@@ -128,7 +201,7 @@ def to_mono(wave: np.ndarray) -> np.ndarray:
     return wave.mean(axis=channel_axis, dtype=np.float32)
 
 
-def resample(wave: np.ndarray, orig_sampling_rate: int, target_sampling_rate: int) -> np.ndarray:
+def resample(wave: np.ndarray, orig_sampling_rate: float, target_sampling_rate: float) -> np.ndarray:
     """Resample a 1-D wave with soxr (high quality); a no-op when the rates are equal."""
     if orig_sampling_rate == target_sampling_rate:
         return wave
@@ -138,37 +211,50 @@ def resample(wave: np.ndarray, orig_sampling_rate: int, target_sampling_rate: in
 
 
 def load_audio(
-    audio: AudioInput, sampling_rate: int, *, input_sampling_rate: int | None = None, source: str = "audio"
+    audio: AudioInput,
+    sampling_rate: int,
+    *,
+    input_sampling_rate: float | None = None,
+    source: str = "audio",
+    max_seconds: float = MAX_AUDIO_SECONDS,
 ) -> np.ndarray:
     """A mono float32 wave at `sampling_rate` from a file path, an array / tensor (at `input_sampling_rate`, default
     `sampling_rate`) or a `{"array", "sampling_rate"}` dict (the `datasets` Audio format). Stereo is averaged;
-    other rates are resampled with soxr. Bad input raises an InputError naming `source`."""
+    other rates are resampled with soxr. Audio longer than `max_seconds` is refused before it is decoded or
+    resampled. Bad input raises an InputError naming `source`."""
     if isinstance(audio, Mapping):
         if "array" not in audio or "sampling_rate" not in audio:
             raise InputError(f"{source}: a dict must have 'array' and 'sampling_rate' keys, got {sorted(audio)}")
-        wave, rate = _as_float_array(audio["array"], source), int(audio["sampling_rate"])
+        rate = _sampling_rate(audio["sampling_rate"], source)
+        wave = _as_float_array(audio["array"], source)
     elif isinstance(audio, (str, os.PathLike)):
-        path = Path(audio)
-        if not path.is_file():
-            raise InputError(f"{source} file {path} does not exist")
         import soundfile
 
+        path = Path(audio)
+        check_audio_file(path, source, max_seconds=max_seconds)
         try:
             data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
         except (soundfile.LibsndfileError, RuntimeError, ValueError) as error:
             raise InputError(f"{source} file {path} is not readable audio ({error}); use WAV, FLAC or OGG") from error
+        except OSError as error:
+            raise InputError(f"{source} file {path} cannot be read: {_reason(error)}") from error
         # soundfile returns (frames, channels); the channel axis is averaged whatever its size.
         wave = _as_float_array(data.mean(axis=1, dtype=np.float32), f"{source} file {path}")
     elif isinstance(audio, (np.ndarray, torch.Tensor)):
-        wave, rate = _as_float_array(audio, source), int(input_sampling_rate or sampling_rate)
+        rate = _sampling_rate(sampling_rate if input_sampling_rate is None else input_sampling_rate, source)
+        wave = _as_float_array(audio, source)
     else:
         raise InputError(
             f"{source}: expected a file path, a numpy array / torch tensor, or a dict with 'array' and "
             f"'sampling_rate', got {type(audio).__name__}"
         )
-    if rate <= 0:
-        raise InputError(f"{source}: sampling rate must be > 0, got {rate}")
-    return resample(to_mono(wave), rate, sampling_rate)
+    wave = to_mono(wave)
+    _check_audio_length(len(wave), rate, source, max_seconds)
+    return resample(wave, rate, sampling_rate)
+
+
+def _sampling_rate(value: object, source: str) -> float:
+    return check_number(f"{source}: the sampling rate", value, 0, MAX_SAMPLING_RATE, low_inclusive=False)
 
 
 def rms(wave: np.ndarray) -> float:
@@ -292,6 +378,8 @@ def remove_long_silences(
 
 
 __all__ += [
+    "check_audio_file",
+    "check_input_file",
     "leading_silence_ms",
     "load_audio",
     "nonsilent_ranges_ms",

@@ -27,8 +27,9 @@ from hf_tts.layers.convnext import GlobalResponseNorm
 from hf_tts.layers.embeddings import InputEmbedding, TextEmbedding, TimestepEmbedding
 from hf_tts.layers.normalization import RMSNorm, ScaledL2RMSNorm, ZeroInitLinear
 from hf_tts.layers.rotary import RotaryEmbedding
+from hf_tts.limits import MAX_CHUNK_SECONDS
 from hf_tts.modeling_utils import HfTtsPreTrainedModel
-from hf_tts.synthesis import SpeechSynthesisMixin
+from hf_tts.synthesis import SpeechSynthesisMixin, check_sampling_options
 
 # Upstream's Empirically Pruned Step Sampling grids (in 1/32 units) for low step counts.
 EPSS_TIMESTEPS: dict[int, list[int]] = {
@@ -465,6 +466,8 @@ class FlowMatchingTTSModel(SpeechSynthesisMixin, HfTtsPreTrainedModel):
         layout pays a compilation (tens of seconds on CPU), later calls run faster and agree with eager within 1e-5.
         """
         config = self.config
+        sway_given = None if isinstance(sway_sampling_coef, _ConfigDefault) else sway_sampling_coef
+        check_sampling_options(steps, cfg_strength, sway_given, seed)
         steps = config.steps if steps is None else steps
         cfg_strength = config.cfg_strength if cfg_strength is None else cfg_strength
         if isinstance(sway_sampling_coef, _ConfigDefault):
@@ -493,6 +496,13 @@ class FlowMatchingTTSModel(SpeechSynthesisMixin, HfTtsPreTrainedModel):
         # at least the prompt (or the text) plus one frame, so something is generated
         duration = torch.maximum(torch.maximum((text != -1).sum(dim=-1), lens) + 1, duration)
         total = int(duration.max())
+        max_frames = int(MAX_CHUNK_SECONDS * config.sampling_rate / config.hop_length)
+        if total > max_frames:
+            raise InputError(
+                f"duration of {total} frames ({total * config.hop_length / config.sampling_rate:.0f} s, prompt included) "
+                f"is more than the {max_frames} frames ({MAX_CHUNK_SECONDS:g} s) one solve may generate; sample "
+                "shorter pieces"
+            )
         cond = F.pad(cond, (0, 0, 0, total - cond_len))
         if no_ref_audio:
             cond = torch.zeros_like(cond)

@@ -16,10 +16,25 @@ from typing import Any
 from transformers import Pipeline
 
 from hf_tts.errors import InputError
-from hf_tts.processing import F5Processor, SynthesisInputs
-from hf_tts.synthesis import SpeechSynthesisMixin, join_chunks, sample_chunks, vocode_chunks
+from hf_tts.file_utils import check_finite
+from hf_tts.limits import MAX_MOTION_FRAMES, MAX_SAMPLING_STEPS, MAX_SEED, check_number
+from hf_tts.processing import F5Processor, SynthesisInputs, check_speech_options
+from hf_tts.synthesis import (
+    SpeechSynthesisMixin,
+    check_generated,
+    check_sampling_options,
+    join_chunks,
+    sample_chunks,
+    vocode_chunks,
+)
 
 ZERO_SHOT_TTS_TASK = "zero-shot-text-to-speech"
+
+
+def _require_inputs(inputs: Any, what: str) -> None:
+    """Refuse an empty list / tuple (transformers would return an empty list without a word) and None."""
+    if inputs is None or (isinstance(inputs, (list, tuple)) and len(inputs) == 0):
+        raise InputError(f"{what}: got {inputs!r}; give at least one input")
 
 
 class ZeroShotTextToSpeechPipeline(Pipeline):
@@ -40,6 +55,10 @@ class ZeroShotTextToSpeechPipeline(Pipeline):
             raise InputError(f"{ZERO_SHOT_TTS_TASK} needs an F5-TTS or E2-TTS model, got {type(self.model).__name__}")
         self.model.require_vocoder()
 
+    def __call__(self, text: Any, **kwargs: Any) -> Any:
+        _require_inputs(text, "the text to synthesize (a string or a list of strings)")
+        return super().__call__(text, **kwargs)
+
     def _sanitize_parameters(
         self,
         ref_audio: Any = None,
@@ -53,6 +72,9 @@ class ZeroShotTextToSpeechPipeline(Pipeline):
         fix_duration: float | None = None,
         remove_silence: bool = False,
     ) -> tuple[dict, dict, dict]:
+        # Checked once per call, before any input is read (None: the defaults).
+        check_sampling_options(nfe_step, cfg_strength, sway_sampling_coef, seed)
+        check_speech_options(1.0 if speed is None else speed, fix_duration)
         preprocess = {"ref_audio": ref_audio, "ref_text": ref_text, "sampling_rate": sampling_rate}
         preprocess["fix_duration"] = fix_duration
         if speed is not None:
@@ -111,6 +133,10 @@ class AudioToMotionPipeline(Pipeline):
     _load_processor = False
     _pipeline_calls_generate = False
 
+    def __call__(self, inputs: Any, **kwargs: Any) -> Any:
+        _require_inputs(inputs, "the audio or {'cond_features': ...} to animate")
+        return super().__call__(inputs, **kwargs)
+
     def _sanitize_parameters(
         self,
         guidance_scale: float | None = None,
@@ -120,6 +146,12 @@ class AudioToMotionPipeline(Pipeline):
         seed: int | None = None,
         keyframes: Any = None,
     ) -> tuple[dict, dict, dict]:
+        if num_frames is not None:
+            check_number("num_frames", num_frames, 1, MAX_MOTION_FRAMES, integer=True)
+        if num_inference_steps is not None:
+            check_number("num_inference_steps", num_inference_steps, 1, MAX_SAMPLING_STEPS, integer=True)
+        if seed is not None:
+            check_number("seed", seed, 0, MAX_SEED, integer=True)
         forward = {
             "guidance_scale": guidance_scale,
             "num_inference_steps": num_inference_steps,
@@ -137,10 +169,7 @@ class AudioToMotionPipeline(Pipeline):
 
         config = self.model.config
         if isinstance(inputs, dict) and "cond_features" in inputs:
-            features = torch.as_tensor(np.asarray(inputs["cond_features"], dtype=np.float32))
-            if features.dim() == 2:
-                features = features[None]
-            return {"cond_features": features.to(self.device)}
+            return {"cond_features": self._features(inputs["cond_features"]).to(self.device)}
         if self.model.audio_encoder is None:
             raise InputError(
                 "this model has no audio encoder (config.audio_encoder), so it cannot take audio; pass "
@@ -149,6 +178,27 @@ class AudioToMotionPipeline(Pipeline):
         wave = load_audio(inputs, config.audio_sampling_rate, input_sampling_rate=sampling_rate)
         wave = (wave - wave.mean()) / np.sqrt(wave.var() + 1e-7)
         return {"audio": torch.from_numpy(wave)[None].to(self.device)}
+
+    @staticmethod
+    def _features(values: Any) -> Any:
+        """(1, length, C) float32 conditioning from a (length, C) or (B, length, C) array, refusing what would make
+        NaN or no motion: a non-numeric, empty or non-finite array."""
+        import numpy as np
+        import torch
+
+        try:
+            array = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values)
+        except (TypeError, ValueError) as error:
+            raise InputError(f"cond_features must be a numeric array, got {type(values).__name__} ({error})") from None
+        if array.dtype.kind not in "fiu":
+            raise InputError(f"cond_features must be a numeric (float or int) array, got dtype {array.dtype}")
+        if array.ndim not in (2, 3) or array.shape[-2] == 0 or array.shape[-1] == 0 or array.size == 0:
+            raise InputError(
+                f"cond_features must be a non-empty (length, C) or (B, length, C) array, got {array.shape}"
+            )
+        check_finite(array, "cond_features")
+        features = torch.from_numpy(array.astype(np.float32))
+        return features[None] if features.dim() == 2 else features
 
     def _forward(
         self,
@@ -179,6 +229,7 @@ class AudioToMotionPipeline(Pipeline):
 
     def postprocess(self, model_outputs: dict[str, Any]) -> dict[str, Any]:
         motion = model_outputs["motion"][0].detach().to("cpu").float().numpy()
+        check_generated(motion, "the generated motion", "the options (guidance_scale, num_inference_steps)")
         return {"motion": motion, "fps": int(self.model.config.fps)}
 
 

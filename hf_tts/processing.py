@@ -25,6 +25,15 @@ from transformers import AutoTokenizer, BatchFeature, ProcessorMixin, SequenceFe
 
 from hf_tts.audio import AudioInput, load_audio, normalize_loudness, split_on_silence, trim_silence_edges
 from hf_tts.errors import InputError
+from hf_tts.limits import (
+    MAX_CHUNK_SECONDS,
+    MAX_REFERENCE_AUDIO_SECONDS,
+    MAX_SPEED,
+    MAX_TEXT_CHARS,
+    MIN_SPEED,
+    check_number,
+)
+from hf_tts.tokenization_f5 import check_text
 
 TARGET_RMS = 0.1
 MAX_REFERENCE_SECONDS = 12.0
@@ -51,6 +60,8 @@ def utf8_length(text: str) -> int:
 def normalize_reference_text(ref_text: str) -> str:
     """Upstream's `preprocess_ref_audio_text` ending: make the text end with ". " (or "。"); "Hello" and "Hello."
     become "Hello. ". An empty text is refused: upstream would transcribe the audio with Whisper instead."""
+    if ref_text is not None:
+        check_text(ref_text, "the reference text (ref_text)", max_chars=MAX_TEXT_CHARS)
     if ref_text is None or not ref_text.strip():
         raise InputError(
             "the reference text (ref_text) is empty: give the transcript of the reference audio (upstream would "
@@ -96,6 +107,24 @@ def estimate_duration(ref_frames: int, ref_text: str, gen_text: str, speed: floa
     gen_bytes = utf8_length(gen_text)
     local_speed = SHORT_CHUNK_SPEED if gen_bytes < SHORT_CHUNK_BYTES else speed
     return ref_frames + int(ref_frames / utf8_length(ref_text) * gen_bytes / local_speed)
+
+
+def check_speech_text(text: object) -> str:
+    """The text to speak: non-empty valid Unicode of at most MAX_TEXT_CHARS characters."""
+    check_text(text, "the text to synthesize", max_chars=MAX_TEXT_CHARS)
+    if not text.strip():
+        raise InputError("the text to synthesize is empty; give at least one word")
+    return text
+
+
+def check_speech_options(speed: object = 1.0, fix_duration: object = None) -> None:
+    """The length options of a synthesis request, checked before any audio is read: `speed` in
+    [MIN_SPEED, MAX_SPEED], `fix_duration` (seconds, reference included) in (0, MAX_CHUNK_SECONDS]."""
+    check_number("speed", speed, MIN_SPEED, MAX_SPEED)
+    if fix_duration is not None:
+        check_number(
+            "fix_duration (seconds, reference included)", fix_duration, 0, MAX_CHUNK_SECONDS, low_inclusive=False
+        )
 
 
 @dataclass
@@ -164,7 +193,13 @@ class F5FeatureExtractor(SequenceFeatureExtractor):
     def prepare_reference(self, audio: AudioInput, sampling_rate: int | None = None) -> ReferenceAudio:
         """Load and clean one reference voice; raises InputError for a missing, unreadable, silent or short one."""
         rate = self.sampling_rate
-        wave = load_audio(audio, rate, input_sampling_rate=sampling_rate, source="reference audio")
+        wave = load_audio(
+            audio,
+            rate,
+            input_sampling_rate=sampling_rate,
+            source="reference audio",
+            max_seconds=MAX_REFERENCE_AUDIO_SECONDS,
+        )
         original_seconds = len(wave) / rate
         wave, clipped = self._clip_at_silence(wave)
         wave = trim_silence_edges(wave, rate, _EDGE_SILENCE_DBFS)
@@ -227,8 +262,14 @@ class F5Processor(ProcessorMixin):
         **kwargs,
     ) -> SynthesisInputs | BatchFeature:
         if ref_audio is None and ref_text is None:
-            texts = [text] if isinstance(text, str) else list(text or [])
-            return BatchFeature({"text": texts, "processor": self})
+            texts = [text] if isinstance(text, str) else text
+            if not isinstance(texts, (list, tuple)) or not texts:
+                raise InputError(
+                    f"the text to synthesize must be a string or a non-empty list of strings, got {text!r:.60}"
+                )
+            return BatchFeature(
+                {"text": [check_text(item, "the text to synthesize") for item in texts], "processor": self}
+            )
         if isinstance(text, list):
             if len(text) != 1:
                 raise InputError("prepare one text per call (the chunks of a long text are batched for you)")
@@ -236,6 +277,20 @@ class F5Processor(ProcessorMixin):
         return self.prepare(
             text, ref_audio, ref_text, sampling_rate=sampling_rate, speed=speed, fix_duration=fix_duration
         )
+
+    def _check_chunk_lengths(self, chunks: list[str], durations: list[int]) -> None:
+        """Refuse a chunk longer than MAX_CHUNK_SECONDS (reference included) before it is sampled: one solve holds
+        the whole chunk, so its memory grows with the square of its length."""
+        extractor = self.feature_extractor
+        limit = int(MAX_CHUNK_SECONDS * extractor.sampling_rate / extractor.hop_length)
+        for index, (chunk, frames) in enumerate(zip(chunks, durations)):
+            if frames > limit:
+                seconds = frames * extractor.hop_length / extractor.sampling_rate
+                raise InputError(
+                    f"chunk {index + 1} of the text ({chunk[:40]!r}...) would last {seconds:.0f} s with the reference, "
+                    f"more than the {MAX_CHUNK_SECONDS:g} s one chunk may last; add sentence punctuation to split it, "
+                    "or raise the speed"
+                )
 
     def prepare(
         self,
@@ -249,14 +304,10 @@ class F5Processor(ProcessorMixin):
     ) -> SynthesisInputs:
         """Reference audio + reference text + text to speak -> one batch row per chunk, with upstream's numbers.
         `fix_duration` (seconds, reference included) replaces the estimated length of every chunk, as upstream's."""
-        if not isinstance(text, str) or not text.strip():
-            raise InputError("the text to synthesize is empty; give at least one word")
+        check_speech_text(text)
+        check_speech_options(speed, fix_duration)
         if ref_audio is None:
             raise InputError("ref_audio is required: a recording (path, array or dict) of the voice to clone")
-        if not speed > 0:
-            raise InputError(f"speed must be > 0, got {speed!r}")
-        if fix_duration is not None and not fix_duration > 0:
-            raise InputError(f"fix_duration must be > 0 seconds (reference included), got {fix_duration!r}")
         ref_text = normalize_reference_text(ref_text)
         extractor = self.feature_extractor
         reference = extractor.prepare_reference(ref_audio, sampling_rate)
@@ -283,6 +334,7 @@ class F5Processor(ProcessorMixin):
         durations = [
             max(estimate, max(length, ref_frames + 1) + 1) for estimate, length in zip(estimates, text_lengths)
         ]
+        self._check_chunk_lengths(chunks, durations)
         cond = torch.from_numpy(reference.wave)[None].expand(len(chunks), -1).contiguous()
         return SynthesisInputs(
             cond=cond,
@@ -318,6 +370,8 @@ __all__ = [
     "F5Processor",
     "ReferenceAudio",
     "SynthesisInputs",
+    "check_speech_options",
+    "check_speech_text",
     "chunk_text",
     "estimate_duration",
     "load_processor",

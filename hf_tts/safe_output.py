@@ -10,6 +10,7 @@ The promises (README, "Safety"):
   into place only when complete; the target is checked again at that moment, so an output that appeared meanwhile
   is never replaced without `overwrite` and of two concurrent writers one loses cleanly. With `overwrite` the old
   output is moved aside (`.old`) and removed only after the new one is in place.
+- Everything in a finished folder gets the permissions an ordinary new file or folder gets (the umask decides).
 - Leftovers of killed runs (SIGKILL, power loss) are removed by the next writer in the same folder: an entry whose
   lock is no longer held is stale. A previous output that a killed overwrite had moved aside is put back.
 """
@@ -196,6 +197,8 @@ class _Staging:
     def commit(self, overwrite: bool) -> None:
         """Rename the staging entry to the target, checking the target again now (it may have appeared). Runs as
         one critical section: a SIGINT/SIGTERM arriving meanwhile is delivered after it (see `deliver_signal`)."""
+        if self.kind == "dir":
+            _give_default_modes(self.path)
         with _critical_section():
             try:
                 status = os.lstat(self.target)
@@ -336,6 +339,20 @@ def _remove(path: Path) -> None:
     else:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+
+
+def _give_default_modes(folder: Path) -> None:
+    """Give everything in a finished output folder the modes mkdir / open would: writers such as safetensors and
+    mkstemp create private 0600 files, which would leave a shared model folder unreadable to the group."""
+    umask = _current_umask()
+    folder.chmod(0o777 & ~umask)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~umask, follow_symlinks=False)
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o666 & ~umask)
 
 
 def _current_umask() -> int:

@@ -24,8 +24,17 @@ import torch
 
 from hf_tts.audio import AudioInput, remove_long_silences
 from hf_tts.errors import InputError
+from hf_tts.file_utils import check_finite
+from hf_tts.limits import MAX_CFG_STRENGTH, MAX_SAMPLING_STEPS, MAX_SEED, MAX_SWAY, MIN_SWAY, check_number
 from hf_tts.models.vocos.modeling_vocos import VocosModel
-from hf_tts.processing import TARGET_RMS, F5Processor, SynthesisInputs, load_processor
+from hf_tts.processing import (
+    TARGET_RMS,
+    F5Processor,
+    SynthesisInputs,
+    check_speech_options,
+    check_speech_text,
+    load_processor,
+)
 
 CROSS_FADE_SECONDS = 0.15
 # Padded frames (both CFG halves) one long-form solve may hold on a CPU. Batching buys nothing there (products of a few
@@ -48,6 +57,87 @@ class SpeechOutput:
     sampling_rate: int
     mel: torch.Tensor  # (n_mels, frames) the generated log-mel, chunks concatenated
     chunks: list[str]
+
+
+def check_sampling_options(
+    nfe_step: object = None, cfg_strength: object = None, sway_sampling_coef: object = None, seed: object = None
+) -> None:
+    """The sampler's options, checked before any work (None: the config's default, or no sway / no seed): `nfe_step`
+    in [1, MAX_SAMPLING_STEPS], `cfg_strength` finite in [0, MAX_CFG_STRENGTH], `sway_sampling_coef` in
+    [MIN_SWAY, MAX_SWAY] (where the time grid stays increasing), `seed` in [0, MAX_SEED]. An infinite guidance or a
+    NaN sway would otherwise sample NaN and give a silent, constant WAV."""
+    if nfe_step is not None:
+        check_number("nfe_step (ODE steps)", nfe_step, 1, MAX_SAMPLING_STEPS, integer=True)
+    if cfg_strength is not None:
+        check_number("cfg_strength", cfg_strength, 0, MAX_CFG_STRENGTH)
+    if sway_sampling_coef is not None:
+        check_number("sway_sampling_coef", sway_sampling_coef, MIN_SWAY, MAX_SWAY)
+    if seed is not None:
+        check_number("seed", seed, 0, MAX_SEED, integer=True)
+
+
+def check_generated(
+    values: torch.Tensor | np.ndarray,
+    what: str,
+    options: str = "the sampling options (cfg_strength, sway_sampling_coef, dtype)",
+) -> None:
+    """Refuse a generated mel / wave / motion holding NaN or Inf before anything is written (a NaN mel becomes a
+    constant, silent WAV); the cause is the model or the options, which the message points to."""
+    try:
+        check_finite(values, what)
+    except InputError as error:
+        raise InputError(
+            f"{error}: the model produced NaN/Inf; check its weights (a damaged or diverged checkpoint) and {options}"
+        ) from None
+
+
+def resolve_device(device: str | torch.device | None, option: str = "device") -> torch.device | None:
+    """`device` as a torch.device this process can use, checked before a model is loaded: a bad name, or an
+    accelerator this torch build or machine does not have (`cuda` on a CPU-only build), is an InputError naming the
+    devices that are available."""
+    if device is None:
+        return None
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InputError(
+            f"{option} {str(device)[:40]!r} is not a torch device name (such as cpu, cuda, cuda:1, mps); available "
+            f"here: {', '.join(available_devices())}"
+        ) from None
+    if parsed.type == "cpu":
+        return parsed
+    if parsed.type == "mps":
+        usable, count = torch.backends.mps.is_available(), 1
+    else:
+        backend = getattr(torch, parsed.type, None)
+        usable = backend is not None and hasattr(backend, "is_available") and bool(backend.is_available())
+        count = backend.device_count() if usable and hasattr(backend, "device_count") else 1
+    if not usable:
+        why = (
+            f"this torch build ({torch.__version__}) has no CUDA support"
+            if parsed.type == "cuda" and not torch.backends.cuda.is_built()
+            else f"no {parsed.type} device is visible to torch {torch.__version__}"
+        )
+        raise InputError(f"{option} {device}: {why}; available here: {', '.join(available_devices())}")
+    if parsed.index is not None and parsed.index >= count:
+        raise InputError(
+            f"{option} {device}: there are only {count} {parsed.type} devices; available here: "
+            f"{', '.join(available_devices())}"
+        )
+    return parsed
+
+
+def available_devices() -> list[str]:
+    """The device names `resolve_device` accepts on this machine (cpu first)."""
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names += ["cuda"] + [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        names.append("mps")
+    xpu = getattr(torch, "xpu", None)
+    if xpu is not None and xpu.is_available():
+        names += ["xpu"] + [f"xpu:{index}" for index in range(xpu.device_count())]
+    return names
 
 
 def cross_fade(waves: list[np.ndarray], sampling_rate: int, seconds: float = CROSS_FADE_SECONDS) -> np.ndarray:
@@ -115,6 +205,7 @@ def sample_chunks(
         if progress_callback is not None:
             options["progress_callback"] = functools.partial(_batch_progress, progress_callback, number, len(batches))
         mel = model.sample(inputs.cond[rows], inputs.text[rows], inputs.duration[rows], isolate_samples=True, **options)
+        check_generated(mel, "the generated mel spectrogram")
         for position, row in enumerate(batch):
             mels[row] = mel[position, inputs.ref_frames : durations[row]]
     return mels
@@ -133,6 +224,7 @@ def vocode_chunks(vocoder: VocosModel, mels: list[torch.Tensor], reference_rms: 
     with torch.inference_mode():
         for mel in mels:
             wave = vocoder.decode(mel.T[None].to(vocoder.device, vocoder.dtype))[0]
+            check_generated(wave, "the vocoded waveform")
             waves.append((wave.float().cpu().numpy() * gain).astype(np.float32))
     return waves
 
@@ -211,6 +303,9 @@ class SpeechSynthesisMixin:
         vocoded chunks; `compile` samples with the torch.compile'd backbone (see `FlowMatchingTTSModel.sample`)."""
         from tqdm.auto import tqdm
 
+        check_speech_text(text)
+        check_speech_options(speed, fix_duration)
+        check_sampling_options(nfe_step, cfg_strength, sway_sampling_coef, seed)
         vocoder = self.require_vocoder()
         inputs = self.get_processor(processor)(
             text, ref_audio, ref_text, sampling_rate=sampling_rate, speed=speed, fix_duration=fix_duration
@@ -232,10 +327,9 @@ class SpeechSynthesisMixin:
                 progress_callback=advance,
                 compile=compile,
             )
-        waves = [
-            vocode_chunks(vocoder, [mel], inputs.reference.rms)[0]
-            for mel in tqdm(mels, desc="vocoding", unit="chunk", disable=not progress)
-        ]
+        # closed on an error too, so the bar is finished before the error is reported, not after it
+        with tqdm(mels, desc="vocoding", unit="chunk", disable=not progress) as chunks:
+            waves = [vocode_chunks(vocoder, [mel], inputs.reference.rms)[0] for mel in chunks]
         rate = vocoder.config.sampling_rate
         return SpeechOutput(
             audio=join_chunks(waves, rate, remove_silence),
@@ -262,7 +356,9 @@ class SpeechSynthesisMixin:
             )
         for name in _PIPELINE_GENERATE_KWARGS:
             options.pop(name, None)
-        texts = [text] if isinstance(text, str) else list(text)
+        texts = [text] if isinstance(text, str) else text
+        if not isinstance(texts, (list, tuple)) or not texts:
+            raise InputError(f"generate needs a text or a non-empty list of texts, got {text!r:.60}")
         audio = [
             torch.from_numpy(self.synthesize(item, ref_audio, ref_text, processor=processor, **options).audio)[None]
             for item in texts
@@ -273,7 +369,9 @@ class SpeechSynthesisMixin:
 def load_speech_model(
     source, *, device: str | torch.device | None = None, dtype: torch.dtype | str = torch.float32
 ) -> SpeechSynthesisMixin:
-    """A model object, or a folder / repo id loaded with AutoModel (in `dtype`; "auto" keeps the saved one)."""
+    """A model object, or a folder / repo id loaded with AutoModel (in `dtype`; "auto" keeps the saved one). The
+    device is checked before anything is loaded."""
+    device = resolve_device(device)
     if isinstance(source, (str, os.PathLike)):
         from transformers import AutoModel
 
@@ -324,15 +422,19 @@ def attach_vocoder_to_folder(
     """Write `model_dir` with the vocoder from `vocoder_source` attached (in place, atomically, unless `out_dir`),
     plus its processor, so the folder alone gives speech. Returns the folder written."""
     from hf_tts.convert.vocos import load_vocos
-    from hf_tts.file_utils import atomic_output_dir
+    from hf_tts.file_utils import atomic_output_dir, check_output_target
     from hf_tts.hub.cards import kind_for_config, write_model_card
 
+    # In place, the model folder is replaced (it must be a model folder); a new folder must not touch either input.
+    in_place = out_dir is None
+    target = model_dir if in_place else out_dir
+    inputs = [vocoder_source] if in_place else [model_dir, vocoder_source]
+    check_output_target(target, inputs=inputs, overwrite=in_place, kind="dir")
     vocoder = load_vocos(vocoder_source)
     model = load_speech_model(model_dir, dtype="auto")
     model.attach_vocoder(vocoder)
     processor = load_processor(model_dir, model.config)
-    target = out_dir if out_dir is not None else model_dir
-    with atomic_output_dir(target, overwrite=out_dir is None) as staging:
+    with atomic_output_dir(target, overwrite=in_place, inputs=inputs) as staging:
         # the folder's other files (tokenizer, ...) come along; weights, config and the card are rewritten
         shutil.copytree(model_dir, staging, dirs_exist_ok=True)
         model.save_pretrained(staging)
@@ -352,10 +454,14 @@ __all__ = [
     "SpeechOutput",
     "SpeechSynthesisMixin",
     "attach_vocoder_to_folder",
+    "available_devices",
+    "check_generated",
+    "check_sampling_options",
     "cross_fade",
     "join_chunks",
     "load_speech_model",
     "plot_mel",
+    "resolve_device",
     "sample_chunks",
     "vocode_chunks",
 ]

@@ -75,6 +75,29 @@ def read_vocab_file(vocab_file: str | os.PathLike) -> list[str]:
     return tokens
 
 
+def check_text(text: object, what: str, *, max_chars: int | None = None) -> str:
+    """`text` if it is a string of valid Unicode (encodable as UTF-8) of at most `max_chars` characters, else an
+    InputError naming `what`. A lone surrogate comes from broken input: a Python string built from invalid UTF-8 with
+    `surrogateescape` (how Linux hands undecodable command-line bytes to Python) or a bad escape."""
+    if not isinstance(text, str):
+        raise InputError(f"{what} must be a string, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        bad = text[error.start]
+        raise InputError(
+            f"{what} is not valid Unicode text: {bad!r} at character {error.start} is a lone surrogate (undecodable "
+            "bytes, such as invalid UTF-8 on a command line); give UTF-8 text (on the command line: check the "
+            "terminal's encoding, or use --text-file with a UTF-8 file)"
+        ) from None
+    if max_chars is not None and len(text) > max_chars:
+        raise InputError(
+            f"{what} has {len(text)} characters, more than the {max_chars} one request may speak; split it into "
+            "several requests"
+        )
+    return text
+
+
 def _load_zh_tools(text: str) -> tuple[Callable[[str], list[str]], Callable[[str], list[str]]]:
     """(rjieba.cut, word -> TONE3 pinyin with tone sandhi), or an InputError naming the `zh` extra."""
     try:
@@ -182,6 +205,7 @@ class F5Tokenizer(PreTrainedTokenizer):
         return dict(self.vocab)
 
     def _tokenize(self, text: str, **kwargs) -> list[str]:
+        check_text(text, "the text to tokenize")
         if self.tokenizer_type == "pinyin":
             return convert_text_to_pinyin_tokens(text)
         return list(text)
@@ -200,11 +224,11 @@ class F5Tokenizer(PreTrainedTokenizer):
         """Ids of `texts` padded with -1 into one (B, Nt) tensor, as upstream's `list_str_to_idx` builds them."""
         if isinstance(texts, str):
             texts = [texts]
-        if not texts:
-            raise InputError("encode_batch needs at least one text")
+        if not isinstance(texts, (list, tuple)) or not texts:
+            raise InputError(f"encode_batch needs a text or a non-empty list of texts, got {texts!r:.60}")
         sequences, unknown = [], {}
-        for text in texts:
-            tokens = self.tokenize(text)
+        for index, text in enumerate(texts):
+            tokens = self.tokenize(check_text(text, f"text {index}" if len(texts) > 1 else "the text"))
             unknown.update((token, None) for token in tokens if token not in self.vocab)
             sequences.append(torch.tensor([self._convert_token_to_id(t) for t in tokens], dtype=torch.long))
         ids = pad_sequence(sequences, batch_first=True, padding_value=TEXT_PAD_ID)
@@ -217,4 +241,4 @@ class F5Tokenizer(PreTrainedTokenizer):
         return (str(path),)
 
 
-__all__ = ["F5TextBatch", "F5Tokenizer", "convert_text_to_pinyin_tokens", "read_vocab_file"]
+__all__ = ["F5TextBatch", "F5Tokenizer", "check_text", "convert_text_to_pinyin_tokens", "read_vocab_file"]

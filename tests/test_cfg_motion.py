@@ -327,7 +327,7 @@ def test_config_defaults_per_architecture_and_round_trip(tmp_path):
     "fields, message",
     [
         ({"architecture": "hands"}, "architecture must be one of"),
-        ({"guidance_scale": -1.0}, "guidance_scale must be >= 0"),
+        ({"guidance_scale": -1.0}, "guidance_scale must be in \\[0, 100\\]"),
         ({"cond_drop_prob": 1.5}, "cond_drop_prob must be in"),
         ({"prediction_type": "eps"}, "prediction_type must be 'x0'"),
         ({"latent_dim": 30, "heads": 4}, "divisible by heads"),

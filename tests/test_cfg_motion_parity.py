@@ -118,7 +118,8 @@ def test_non_standard_rotary_buffer_is_refused(tmp_path):
 
 
 def test_cli_bad_source(tmp_path, capsys):
-    assert main(["convert", "a2p", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    (tmp_path / "src").mkdir()
+    assert main(["convert", "a2p", str(tmp_path / "src"), "--out", str(tmp_path / "out")]) == 2
     assert "has no args.json" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 

@@ -107,9 +107,11 @@ def test_unknown_tokens_need_extend_vocab(inputs, capsys, tmp_path):
     "arguments, message",
     [
         (["--data", "{folder}/nowhere"], "is not a folder"),
-        (["--data", "{folder}"], "has neither a metadata.csv"),
-        (["--data", "{data}", "--max-steps", "0"], "--max-steps must be >= 1"),
-        (["--data", "{data}", "--out", "{base}"], "already exists"),
+        (["--data", "{base}"], "has neither a metadata.csv"),
+        (["--data", "{folder}"], "lies inside the input"),
+        (["--data", "{data}", "--max-steps", "0"], "argument --max-steps: 0 is outside [1, 10000000]"),
+        (["--data", "{data}", "--out", "{base}"], "is the input"),
+        (["--data", "{data}", "--out", "{folder}/out"], "already exists"),
         (["--data", "{data}", "--model", "{folder}/no-model"], "cannot load the model"),
     ],
 )
@@ -121,7 +123,11 @@ def test_bad_input_exits_2_with_one_line(inputs, capsys, arguments, message):
     for flag, value in defaults.items():
         if flag not in filled:
             filled += [flag, value]
-    assert main(["finetune", *filled]) == 2
+    try:
+        code = main(["finetune", *filled])
+    except SystemExit as exit:  # argparse refuses bad option values itself
+        code = exit.code
+    assert code == 2
     error = capsys.readouterr().err.strip()
     assert message in error and len(error.splitlines()) == 1
     assert not (folder / "never").exists()

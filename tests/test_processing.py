@@ -148,7 +148,7 @@ def test_fix_duration_gives_every_chunk_the_same_total_length(processor):
     assert inputs.duration.tolist() == [int(5.0 * 24000 / 256)] * 2  # upstream: int(fix_duration * sr / hop)
     # shorter than the reference: raised to the prompt + 1 frame, as the sampler would
     assert processor("Hello there.", tone(2.0), "Words", fix_duration=1.0).duration.tolist() == [192 + 2]
-    with pytest.raises(InputError, match="fix_duration must be > 0"):
+    with pytest.raises(InputError, match=r"fix_duration \(seconds, reference included\) must be in \(0, 60\], got 0"):
         processor("Hello there.", tone(2.0), "Words", fix_duration=0)
 
 

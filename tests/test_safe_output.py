@@ -250,3 +250,18 @@ def test_sigkill_during_overwrite_keeps_the_previous_output(tmp_path, merge_sour
     assert tree_sha256(out) == previous
     remove_stale_staging(tmp_path)
     assert _entries(tmp_path) == ["merged"] and tree_sha256(out) == previous
+
+
+def test_finished_folders_get_ordinary_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        with atomic_output_dir(tmp_path / "out") as staging:
+            private = staging / "sub" / "model.safetensors"
+            private.parent.mkdir()
+            private.write_bytes(b"x")
+            private.chmod(0o600)  # what safetensors and mkstemp create
+            (staging / "sub").chmod(0o700)
+    finally:
+        os.umask(umask)
+    assert oct((tmp_path / "out" / "sub" / "model.safetensors").stat().st_mode & 0o777) == oct(0o644)
+    assert oct((tmp_path / "out" / "sub").stat().st_mode & 0o777) == oct(0o755)

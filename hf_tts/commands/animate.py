@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import os
+import tokenize
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
+from hf_tts.commands._options import bounded_float, bounded_int
 from hf_tts.errors import InputError
-from hf_tts.file_utils import atomic_write_file
+from hf_tts.file_utils import atomic_write_file, check_output_target
+from hf_tts.limits import MAX_GUIDANCE_SCALE, MAX_MOTION_FRAMES, MAX_SAMPLING_STEPS, MAX_SEED
 
 if TYPE_CHECKING:
     from hf_tts.models.cfg_motion import CFGMotionConfig, CFGMotionModel
@@ -26,13 +30,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("model", metavar="MODEL", help="model folder or Hub repo id (a CFGMotionModel)")
     parser.add_argument("audio", metavar="AUDIO", nargs="?", help="audio file (WAV, FLAC, OGG)")
     parser.add_argument("--features", metavar="FILE", help="precomputed conditioning features (.npy, length x C)")
-    parser.add_argument("--num-frames", type=int, help="motion frames to generate (default: the audio's duration)")
+    parser.add_argument(
+        "--num-frames",
+        type=bounded_int(1, MAX_MOTION_FRAMES),
+        help=f"motion frames to generate, at most {MAX_MOTION_FRAMES} (default: the audio's duration)",
+    )
     parser.add_argument("--out", required=True, metavar="FILE", help="output .npy file of motion (frames, nfeats)")
     parser.add_argument("--plot", metavar="PNG", help="also write a PNG plot of the motion curves")
-    parser.add_argument("--plot-features", type=int, default=8, help="how many feature curves to plot (default 8)")
-    parser.add_argument("--guidance-scale", type=float, help="classifier-free guidance scale (default: the model's)")
-    parser.add_argument("--steps", type=int, help="DDIM steps (default: the model's num_inference_steps)")
-    parser.add_argument("--seed", type=int, help="random seed for the initial noise")
+    parser.add_argument(
+        "--plot-features", type=bounded_int(1, None), default=8, help="how many feature curves to plot (default 8)"
+    )
+    parser.add_argument(
+        "--guidance-scale",
+        type=bounded_float(0.0, MAX_GUIDANCE_SCALE),
+        help=f"classifier-free guidance scale, 0 to {MAX_GUIDANCE_SCALE:g} (default: the model's)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=bounded_int(1, MAX_SAMPLING_STEPS),
+        help=f"DDIM steps, 1 to {MAX_SAMPLING_STEPS} (default: the model's num_inference_steps)",
+    )
+    parser.add_argument("--seed", type=bounded_int(0, MAX_SEED), help="random seed (0 to 2**64-1) for the noise")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.set_defaults(func=_run)
 
@@ -57,37 +75,85 @@ def plot_motion(motion, fps: int, path: Path | BinaryIO, num_curves: int = 8) ->
     plt.close(figure)
 
 
-def _check_options(args: argparse.Namespace) -> None:
-    """Cheap checks of the command line, before the model loads."""
+def _check_options(args: argparse.Namespace) -> tuple[Path, Path | None, list[str | None]]:
+    """Cheap checks of the command line, before the model loads: where the outputs go (never onto or into an input,
+    a fifo, device or symlink), which inputs are given, and that they are files that can be read within the caps.
+    Returns the output paths and the inputs."""
+    inputs = [args.model if Path(args.model).exists() else None, args.audio, args.features]
+    out = check_output_target(args.out, inputs=inputs, overwrite=args.overwrite, kind="file")
+    plot = None
+    if args.plot is not None:
+        plot = check_output_target(args.plot, inputs=inputs, overwrite=args.overwrite, kind="file")
+        if plot == out:
+            raise InputError(f"--plot and --out are the same file ({out}); give two paths")
     if (args.audio is None) == (args.features is None):
         raise InputError("give exactly one of AUDIO or --features FILE.npy")
     if args.features is not None and args.num_frames is None:
         raise InputError("--features needs --num-frames (the motion length cannot be inferred from features)")
-    if args.num_frames is not None and args.num_frames < 1:
-        raise InputError(f"--num-frames must be >= 1, got {args.num_frames}")
-    if args.steps is not None and args.steps < 1:
-        raise InputError(f"--steps must be >= 1, got {args.steps}")
-    if args.guidance_scale is not None and not args.guidance_scale >= 0:
-        raise InputError(f"--guidance-scale must be >= 0, got {args.guidance_scale}")
-    if args.plot_features < 1:
-        raise InputError(f"--plot-features must be >= 1, got {args.plot_features}")
-    for name, path in (("AUDIO", args.audio), ("--features", args.features)):
-        if path is not None and not Path(path).is_file():
-            raise InputError(f"{name} file {path} does not exist")
-    for target in (args.out, args.plot):
-        if target is not None and Path(target).exists() and not args.overwrite:
-            raise InputError(f"{target} already exists; choose another path or pass --overwrite")
+    if args.audio is not None:
+        from hf_tts.audio import check_audio_file
+
+        check_audio_file(args.audio, "AUDIO")
+    if args.features is not None:
+        read_npy_header(args.features, "--features")
+    return out, plot, inputs
+
+
+def read_npy_header(path: str | Path, what: str) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) of a 2-D numeric .npy file, read from its header and checked against the file's size before
+    any data is loaded: a header claiming more (or less) data than the file holds, Python objects (which need
+    unpickling), non-numeric dtypes, other ranks and empty arrays are refused with an InputError naming `what`."""
+    from hf_tts.audio import check_input_file
+
+    path = check_input_file(path, f"{what} file")
+    described = f"{what} {path}"
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            if version == (1, 0):
+                shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(handle)
+            elif version == (2, 0):
+                shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(handle)
+            else:
+                raise InputError(f"{described} is a .npy file of version {version}, which is not read; save it again")
+            data_offset = handle.tell()
+            size = os.fstat(handle.fileno()).st_size
+    except InputError:
+        raise
+    except OSError as error:
+        raise InputError(f"{described} cannot be read: {error.strerror or error}") from error
+    except (ValueError, SyntaxError, TypeError, EOFError, RecursionError, tokenize.TokenError) as error:
+        # numpy parses the header text with `tokenize` and `ast.literal_eval`: damaged text fails in either
+        raise InputError(f"{described} is not a readable .npy array ({str(error).splitlines()[0][:160]})") from None
+    if dtype.hasobject:
+        raise InputError(f"{described} holds Python objects (dtype {dtype}); they are never unpickled: save numbers")
+    if dtype.kind not in "fiu" or dtype.fields is not None:
+        raise InputError(f"{described} has dtype {dtype}; expected float or integer numbers")
+    if len(shape) != 2 or 0 in shape:
+        raise InputError(f"{described} must be a non-empty (length, C) array, got shape {shape}")
+    expected = shape[0] * shape[1] * dtype.itemsize
+    if size - data_offset != expected:
+        raise InputError(
+            f"{described} is damaged: its header says {shape} {dtype} ({expected} bytes of data) but the file holds "
+            f"{size - data_offset} bytes after the header"
+        )
+    return shape, dtype
 
 
 def _load_features(path: str, config: CFGMotionConfig) -> np.ndarray:
-    """(length, C) conditioning features from a .npy file, checked against the model's expected width."""
+    """(length, C) conditioning features from a .npy file, checked against the model's expected width and for
+    NaN/Inf (they would make all-NaN motion)."""
+    from hf_tts.file_utils import check_finite
+
+    shape, _ = read_npy_header(path, "--features")
+    width = config.quantizer.ssl_dim if config.quantizer.enabled else config.cond_feature_dim
+    if shape[1] != width:
+        raise InputError(f"--features {path} must be (length, {width}) for this model, got shape {shape}")
     try:
         features = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as error:
         raise InputError(f"--features {path} is not a readable .npy array: {error}") from error
-    width = config.quantizer.ssl_dim if config.quantizer.enabled else config.cond_feature_dim
-    if features.ndim != 2 or features.shape[1] != width:
-        raise InputError(f"--features {path} must be (length, {width}) for this model, got shape {features.shape}")
+    check_finite(features, f"--features {path}")
     return features.astype(np.float32)
 
 
@@ -118,32 +184,34 @@ def _load_model(source: str) -> CFGMotionModel:
 def _run(args: argparse.Namespace) -> int:
     from transformers import pipeline
 
-    _check_options(args)
+    out, plot, input_paths = _check_options(args)
     model = _load_model(args.model)
     if args.features is not None:
-        inputs = {"cond_features": _load_features(args.features, model.config)}
+        pipeline_input = {"cond_features": _load_features(args.features, model.config)}
     elif model.audio_encoder is None:
         raise InputError(
             f"{args.model} has no audio encoder (config.audio_encoder), so it cannot take audio; pass precomputed "
             "conditioning with --features FILE.npy --num-frames N"
         )
     else:
-        inputs = args.audio
+        pipeline_input = args.audio
 
     pipe = pipeline("audio-to-motion", model=model, device="cpu")
     result = pipe(
-        inputs,
+        pipeline_input,
         guidance_scale=args.guidance_scale,
         num_inference_steps=args.steps,
         num_frames=args.num_frames,
         seed=args.seed,
     )
     motion, fps = result["motion"], result["fps"]
-    out, plot = Path(args.out), Path(args.plot) if args.plot else None
-    atomic_write_file(out, lambda stream: np.save(stream, motion), overwrite=args.overwrite)
+    atomic_write_file(out, lambda stream: np.save(stream, motion), overwrite=args.overwrite, inputs=input_paths)
     if plot is not None:
         atomic_write_file(
-            plot, lambda stream: plot_motion(motion, fps, stream, args.plot_features), overwrite=args.overwrite
+            plot,
+            lambda stream: plot_motion(motion, fps, stream, args.plot_features),
+            overwrite=args.overwrite,
+            inputs=input_paths,
         )
     print(f"wrote {out} ({motion.shape[0]} frames x {motion.shape[1]} features at {fps} fps)")
     if plot is not None:

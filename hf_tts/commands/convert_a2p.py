@@ -17,13 +17,20 @@ def register(families: argparse._SubParsersAction) -> None:
     parser.add_argument("src_dir", metavar="SRC_DIR", help="folder with upstream args.json and model*.pt")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (must not exist)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument(
+        "--allow-large",
+        action="store_true",
+        help="build a model above the size limit (hf_tts.modeling_utils.MAX_MODEL_PARAMETERS, 1e9 parameters)",
+    )
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     from hf_tts.convert.a2p import convert_a2p_checkpoint
 
-    model, checkpoint = convert_a2p_checkpoint(args.src_dir, args.out, overwrite=args.overwrite)
+    model, checkpoint = convert_a2p_checkpoint(
+        args.src_dir, args.out, overwrite=args.overwrite, allow_large=args.allow_large
+    )
     config = model.config
     params = sum(p.numel() for p in model.parameters())
     print(

@@ -39,6 +39,11 @@ def register(families: argparse._SubParsersAction) -> None:
         "vocos` output), so the folder alone gives speech",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument(
+        "--allow-large",
+        action="store_true",
+        help="build a model above the size limit (hf_tts.modeling_utils.MAX_MODEL_PARAMETERS, 1e9 parameters)",
+    )
     parser.set_defaults(func=_run)
 
 
@@ -55,6 +60,7 @@ def _run(args: argparse.Namespace) -> int:
         use_online_weights=args.use_online_weights,
         overwrite=args.overwrite,
         vocoder=args.vocoder,
+        allow_large=args.allow_large,
     )
     config = AutoConfig.from_pretrained(out)
     weights = "online (model_state_dict)" if args.use_online_weights else "EMA"

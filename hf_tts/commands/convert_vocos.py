@@ -15,13 +15,18 @@ def register(families: argparse._SubParsersAction) -> None:
     parser.add_argument("src_dir", metavar="SRC_DIR", help="folder with upstream config.yaml and pytorch_model.bin")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (must not exist)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument(
+        "--allow-large",
+        action="store_true",
+        help="build a model above the size limit (hf_tts.modeling_utils.MAX_MODEL_PARAMETERS, 1e9 parameters)",
+    )
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     from hf_tts.convert.vocos import convert_vocos_checkpoint
 
-    model = convert_vocos_checkpoint(args.src_dir, args.out, overwrite=args.overwrite)
+    model = convert_vocos_checkpoint(args.src_dir, args.out, overwrite=args.overwrite, allow_large=args.allow_large)
     params = sum(p.numel() for p in model.parameters())
     print(f"wrote {args.out} (Vocos, {params:,} parameters, {model.config.sampling_rate} Hz)")
     return 0

@@ -31,8 +31,9 @@ def _run(args: argparse.Namespace) -> int:
     from huggingface_hub import constants
     from huggingface_hub.errors import HfHubHTTPError
 
-    from hf_tts.hub.push import push_folder
+    from hf_tts.hub.push import push_folder, validate_push_target
 
+    validate_push_target(args.repo_id, args.token)  # before the folder is read or anything is sent
     try:
         commit = push_folder(
             args.folder,

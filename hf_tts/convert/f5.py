@@ -18,11 +18,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from huggingface_hub.errors import StrictDataclassError
 from transformers.utils import logging
 
 from hf_tts.errors import CheckpointMismatchError, InputError
-from hf_tts.file_utils import atomic_output_dir, load_torch_checkpoint
+from hf_tts.file_utils import (
+    MAX_YAML_BYTES,
+    atomic_output_dir,
+    check_finite,
+    check_output_target,
+    load_torch_checkpoint,
+    load_yaml,
+    read_safetensors_header,
+)
+from hf_tts.modeling_utils import allow_large_models, check_model_size
 from hf_tts.models.checkpoint_check import check_weight_shapes, expected_state_shapes, summarize_weights
 from hf_tts.models.e2.configuration_e2 import E2TTSConfig
 from hf_tts.models.f5.configuration_f5 import F5TTSConfig
@@ -66,7 +74,9 @@ def detect_family(state_dict_or_shapes: dict) -> str | None:
     return {"hf_tts_f5": "F5", "hf_tts_e2": "E2"}.get(summarize_weights(shapes).model_type)
 
 
-def _config_from_upstream_model_block(block: dict, source: Path, name: str | None) -> FlowMatchingConfig:
+def _config_from_upstream_model_block(
+    block: dict, source: Path, name: Any, overrides: dict[str, Any] | None = None
+) -> FlowMatchingConfig:
     """Config from upstream's YAML `model:` block (or the fixtures' arch.json, which has the same keys)."""
     if not isinstance(block, dict) or "backbone" not in block or not isinstance(block.get("arch"), dict):
         raise InputError(
@@ -74,7 +84,7 @@ def _config_from_upstream_model_block(block: dict, source: Path, name: str | Non
             "mapping (a YAML under `model:` as in upstream's src/f5_tts/configs, or a JSON with the same keys)"
         )
     backbone = block["backbone"]
-    if backbone not in BACKBONE_CONFIGS:
+    if not isinstance(backbone, str) or backbone not in BACKBONE_CONFIGS:
         raise InputError(
             f"arch file {source}: backbone {backbone!r} is not supported; supported: {', '.join(BACKBONE_CONFIGS)}"
         )
@@ -83,6 +93,8 @@ def _config_from_upstream_model_block(block: dict, source: Path, name: str | Non
     if fields.pop("text_embedding_average_upsampling", False):
         raise InputError(f"arch file {source}: text_embedding_average_upsampling is not supported")
     mel_spec = block.get("mel_spec") or {}
+    if not isinstance(mel_spec, dict):
+        raise InputError(f"arch file {source}: mel_spec must be a mapping, got {type(mel_spec).__name__}")
     for key, value in mel_spec.items():
         if key not in _MEL_SPEC_FIELDS:
             raise InputError(f"arch file {source}: unknown mel_spec key {key!r}; known: {', '.join(_MEL_SPEC_FIELDS)}")
@@ -91,14 +103,14 @@ def _config_from_upstream_model_block(block: dict, source: Path, name: str | Non
             raise InputError(f"arch file {source}: mel_spec.{key} = {value!r} but arch.{field} = {fields[field]!r}")
         fields[field] = value
     if "tokenizer" in block:
-        if block["tokenizer"] not in _TOKENIZERS:
+        tokenizer = block["tokenizer"]
+        if not isinstance(tokenizer, str) or tokenizer not in _TOKENIZERS:
             raise InputError(
-                f"arch file {source}: tokenizer {block['tokenizer']!r} is not supported; "
-                f"supported: {', '.join(_TOKENIZERS)}"
+                f"arch file {source}: tokenizer {tokenizer!r} is not supported; supported: {', '.join(_TOKENIZERS)}"
             )
-        fields["tokenizer_type"] = _TOKENIZERS[block["tokenizer"]]
+        fields["tokenizer_type"] = _TOKENIZERS[tokenizer]
     known = set(config_class.__dataclass_fields__)
-    unknown = sorted(set(fields) - known)
+    unknown = sorted(str(key) for key in set(fields) - known)
     if unknown:
         raise InputError(f"arch file {source}: unknown arch key(s) {', '.join(unknown)} for the {backbone} backbone")
     if name is None:
@@ -106,10 +118,30 @@ def _config_from_upstream_model_block(block: dict, source: Path, name: str | Non
         family = "E2TTS" if backbone == "UNetT" else "F5TTS_v1" if fields.get("text_mask_padding", True) else "F5TTS"
         name = f"{family}_custom"
     try:
-        return config_class(architecture=str(name), **fields)
-    except (TypeError, ValueError, StrictDataclassError) as error:
-        cause = error.__cause__ or error  # strict validation wraps the error that names the field
-        raise InputError(f"arch file {source}: {str(cause).strip().splitlines()[0]}") from error
+        return config_class(**{**fields, "architecture": str(name), **(overrides or {})})
+    except InputError as error:
+        raise InputError(f"arch file {source}: {error}") from error
+
+
+def _read_arch_document(path: Path) -> Any:
+    """The parsed arch file: JSON by suffix, else YAML through the safe loader (no alias bombs, bounded size)."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_YAML_BYTES + 1)
+    except OSError as error:
+        raise InputError(f"arch file {path} cannot be read: {error.strerror or error}") from error
+    if path.suffix.lower() != ".json":
+        return load_yaml(raw, f"arch file {path}")
+    if len(raw) > MAX_YAML_BYTES:
+        raise InputError(f"arch file {path} is larger than {MAX_YAML_BYTES} bytes; an arch config is much smaller")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise InputError(f"arch file {path} is not UTF-8 text (byte {error.start})") from None
+    except json.JSONDecodeError as error:
+        raise InputError(f"arch file {path} could not be parsed: {error}") from None
+    except RecursionError:
+        raise InputError(f"arch file {path} is nested too deeply to be an arch config") from None
 
 
 def resolve_arch(arch: str | os.PathLike, *, text_num_embeds: int | None = None) -> FlowMatchingConfig:
@@ -125,29 +157,20 @@ def resolve_arch(arch: str | os.PathLike, *, text_num_embeds: int | None = None)
         raise InputError(
             f"--arch {arch!r} is neither a preset ({', '.join(presets)}) nor an existing upstream YAML/JSON config"
         )
-    try:
-        if path.suffix.lower() == ".json":
-            document = json.loads(path.read_text(encoding="utf-8"))
-        else:
-            import yaml
-
-            document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except Exception as error:  # json/yaml syntax errors, undecodable bytes (yaml.YAMLError has no common base)
-        raise InputError(f"arch file {path} could not be parsed: {str(error).strip().splitlines()[0]}") from error
+    document = _read_arch_document(path)
     if not isinstance(document, dict):
         raise InputError(f"arch file {path} must hold a mapping, got {type(document).__name__}")
     block = document.get("model", document)
-    config = _config_from_upstream_model_block(block, path, block.get("name") if isinstance(block, dict) else None)
-    if text_num_embeds is not None and "text_num_embeds" in block.get("arch", {}):
-        stated = block["arch"]["text_num_embeds"]
+    if isinstance(block, dict) and isinstance(block.get("arch"), dict) and text_num_embeds is not None:
+        stated = block["arch"].get("text_num_embeds", text_num_embeds)
         if stated != text_num_embeds:
             raise CheckpointMismatchError(
-                f"arch file {path} says text_num_embeds {stated} but the vocab has {text_num_embeds} tokens; "
+                f"arch file {path} says text_num_embeds {stated!r} but the vocab has {text_num_embeds} tokens; "
                 "use the vocab.txt the model was trained with"
             )
-    if text_num_embeds is not None:
-        config.text_num_embeds = text_num_embeds
-    return config
+    return _config_from_upstream_model_block(
+        block, path, block.get("name") if isinstance(block, dict) else None, overrides
+    )
 
 
 def select_upstream_state(checkpoint: Mapping[str, Any], path: Path, use_online_weights: bool) -> Mapping[str, Any]:
@@ -186,6 +209,7 @@ def _read_checkpoint(path: Path, use_online_weights: bool) -> Mapping[str, Any]:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
+        read_safetensors_header(path)  # strict: a damaged header is named here, before safetensors reads it
         try:
             checkpoint = load_file(path)
         except (SafetensorError, OSError, ValueError) as error:
@@ -248,12 +272,31 @@ def load_upstream_f5_state_dict(
 ) -> dict[str, torch.Tensor]:
     """Read an upstream F5/E2 checkpoint (any layout above) as `F5TTSModel`/`E2TTSModel` keys (`backbone.*`).
 
-    The EMA weights are read unless `use_online_weights` (training `.pt` files only). Keys are not yet checked
-    against an architecture; see `check_weight_shapes`.
+    The EMA weights are read unless `use_online_weights` (training `.pt` files only). Every weight must be a
+    floating-point tensor holding finite values (an integer tensor or a NaN would be copied into the model without
+    a word otherwise). Keys are not yet checked against an architecture; see `check_weight_shapes`.
     """
     path = Path(checkpoint)
     state = _read_checkpoint(path, use_online_weights)
-    return {name: state[key] for name, key in upstream_f5_key_map(state, path).items()}
+    weights = {name: state[key] for name, key in upstream_f5_key_map(state, path).items()}
+    for name, tensor in weights.items():
+        check_weight_tensor(tensor, f"{path}: weight {name}")
+    return weights
+
+
+def check_weight_tensor(tensor: Any, what: str) -> None:
+    """Refuse a weight that is not a floating-point tensor of finite values; `what` names the file and key."""
+    if not isinstance(tensor, torch.Tensor):
+        raise InputError(f"{what} is a {type(tensor).__name__}, not a tensor")
+    if not tensor.is_floating_point():
+        raise InputError(f"{what} has dtype {tensor.dtype}, expected a floating-point tensor; is the file damaged?")
+    check_finite(tensor, what)
+
+
+def check_state_finite(model: torch.nn.Module, what: str) -> None:
+    """Every parameter and persistent buffer of `model` finite, before it is written (`what` names the model)."""
+    for key, tensor in model.state_dict().items():
+        check_finite(tensor, f"{what}: {key}")
 
 
 def convert_f5_checkpoint(
@@ -265,24 +308,28 @@ def convert_f5_checkpoint(
     use_online_weights: bool = False,
     overwrite: bool = False,
     vocoder: str | os.PathLike | None = None,
+    allow_large: bool = False,
 ) -> Path:
     """Convert an upstream F5-TTS/E2-TTS checkpoint into a folder that `AutoModel.from_pretrained` and
-    `AutoTokenizer.from_pretrained` load. Every key and shape is checked against `arch` first; a mismatch raises a
-    one-line CheckpointMismatchError and nothing is written. `vocoder` (a Vocos folder, upstream or converted) is
-    attached and saved with the model, with its processor, so the folder alone gives speech. Returns the folder."""
+    `AutoTokenizer.from_pretrained` load. The output path is checked first (never an input, the current folder or
+    a folder that is not a model), then the vocab, the arch, the model size (`allow_large` lifts the
+    `MAX_MODEL_PARAMETERS` limit) and every key, shape, dtype and value of the checkpoint; any problem raises a
+    one-line InputError and nothing is written. `vocoder` (a Vocos folder, upstream or converted) is attached and
+    saved with the model, with its processor, so the folder alone gives speech. Returns the folder."""
     from hf_tts.convert.vocos import load_vocos
     from hf_tts.hub.cards import kind_for_config, write_model_card
     from hf_tts.processing import F5FeatureExtractor, F5Processor
     from hf_tts.tokenization_f5 import F5Tokenizer, read_vocab_file
 
-    vocos = load_vocos(vocoder) if vocoder is not None else None
-
-    vocab_tokens = read_vocab_file(vocab)  # checked before the (large) checkpoint is read
-    config = resolve_arch(arch, text_num_embeds=len(vocab_tokens))
-    # Entered first so an existing --out is refused before any reading; removed again on any error.
-    with atomic_output_dir(out_dir, overwrite=overwrite) as staging:
-        state = load_upstream_f5_state_dict(checkpoint, use_online_weights=use_online_weights)
+    inputs = [checkpoint, vocab, vocoder, arch if Path(arch).exists() else None]
+    check_output_target(out_dir, inputs=inputs, overwrite=overwrite, kind="dir")
+    with allow_large_models(allow_large):
+        vocab_tokens = read_vocab_file(vocab)  # checked before the (large) checkpoint is read
+        config = resolve_arch(arch, text_num_embeds=len(vocab_tokens))
         model_class = model_class_for(config)
+        check_model_size(model_class, config, source=f"--arch {arch}")
+        vocos = load_vocos(vocoder) if vocoder is not None else None
+        state = load_upstream_f5_state_dict(checkpoint, use_online_weights=use_online_weights)
         arch_label = f"--arch {arch}" if str(arch) == config.architecture else f"--arch {arch} ({config.architecture})"
         check_weight_shapes(
             {key: value.shape for key, value in state.items()},
@@ -296,15 +343,19 @@ def convert_f5_checkpoint(
         model.load_state_dict(state, strict=True, assign=True)
         if vocos is not None:
             model.attach_vocoder(vocos)
-        model.save_pretrained(staging)
+            check_state_finite(vocos, f"vocoder {vocoder}")
         tokenizer = F5Tokenizer(str(vocab), tokenizer_type=config.tokenizer_type)
         extractor = F5FeatureExtractor(sampling_rate=config.sampling_rate, hop_length=config.hop_length)
-        F5Processor(extractor, tokenizer).save_pretrained(staging)
-        write_model_card(
-            staging,
-            kind=kind_for_config(config),
-            config=config,
-            sources=[checkpoint, vocab],
-            model_id=f"./{Path(out_dir).absolute().name}",
-        )
+        # Everything is validated; only writing is left.
+        with atomic_output_dir(out_dir, overwrite=overwrite, inputs=inputs) as staging:
+            model.save_pretrained(staging)
+            F5Processor(extractor, tokenizer).save_pretrained(staging)
+            write_model_card(
+                staging,
+                kind=kind_for_config(config),
+                config=config,
+                sources=[checkpoint, vocab],
+                model_id=f"./{Path(out_dir).absolute().name}",
+            )
+            # Everything in staging is this run's: the card writer's temporary file is private (0600).
     return Path(out_dir)

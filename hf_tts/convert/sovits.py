@@ -57,7 +57,10 @@ def _load_export(path: Path) -> dict:
 
 
 def read_sovits_quantizer(path: str | Path) -> tuple[VoiceQuantizerConfig, dict[str, torch.Tensor]]:
-    """(quantizer config, state dict for `VoiceQuantizer`) from a GPT-SoVITS s2 `.pth` export, in float32."""
+    """(quantizer config, state dict for `VoiceQuantizer`) from a GPT-SoVITS s2 `.pth` export, in float32. Every
+    tensor read must be a finite floating-point tensor."""
+    from hf_tts.convert.f5 import check_weight_tensor
+
     path = Path(path)
     checkpoint = _load_export(path)
     weights = checkpoint.get("weight") if isinstance(checkpoint, dict) else None
@@ -66,6 +69,11 @@ def read_sovits_quantizer(path: str | Path) -> tuple[VoiceQuantizerConfig, dict[
     for key in ("ssl_proj.weight", "ssl_proj.bias"):
         if key not in weights:
             raise CheckpointMismatchError(f"{path}: key {key!r} is missing; is this a GPT-SoVITS s2 (SoVITS) export?")
+        check_weight_tensor(weights[key], f"{path}: weight {key}")
+    if weights["ssl_proj.weight"].ndim != 3:
+        raise CheckpointMismatchError(
+            f"{path}: ssl_proj.weight has shape {tuple(weights['ssl_proj.weight'].shape)}; expected (D, D, kernel)"
+        )
     ssl_out, ssl_in, kernel = weights["ssl_proj.weight"].shape
     if ssl_out != ssl_in or kernel not in (1, 2):
         raise CheckpointMismatchError(
@@ -77,6 +85,7 @@ def read_sovits_quantizer(path: str | Path) -> tuple[VoiceQuantizerConfig, dict[
         match = CODEBOOK_KEY.match(key)
         if match:
             level, buffer = int(match.group(1)), match.group(2)
+            check_weight_tensor(tensor, f"{path}: weight {key}")
             levels.setdefault(level, set()).add(buffer)
             state_dict[f"quantizer.layers.{level}.codebook.{buffer}"] = tensor
     if sorted(levels) != list(range(len(levels))) or not levels:
@@ -85,6 +94,8 @@ def read_sovits_quantizer(path: str | Path) -> tuple[VoiceQuantizerConfig, dict[
         if buffers != {"inited", "cluster_size", "embed", "embed_avg"}:
             missing = {"inited", "cluster_size", "embed", "embed_avg"} - buffers
             raise CheckpointMismatchError(f"{path}: quantizer level {level} lacks {sorted(missing)}")
+    if weights["quantizer.vq.layers.0._codebook.embed"].ndim != 2:
+        raise CheckpointMismatchError(f"{path}: the level-0 codebook is not a (bins, dim) matrix")
     bins, dim = weights["quantizer.vq.layers.0._codebook.embed"].shape
     if dim != ssl_out:
         raise CheckpointMismatchError(f"{path}: codebook width {dim} differs from ssl_proj width {ssl_out}")

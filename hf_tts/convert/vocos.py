@@ -12,10 +12,10 @@ import os
 from pathlib import Path
 
 import torch
-import yaml
 
 from hf_tts.errors import CheckpointMismatchError, InputError
-from hf_tts.file_utils import atomic_output_dir, load_torch_checkpoint
+from hf_tts.file_utils import MAX_YAML_BYTES, atomic_output_dir, check_output_target, load_torch_checkpoint, load_yaml
+from hf_tts.modeling_utils import allow_large_models, check_model_size
 from hf_tts.models.vocos.configuration_vocos import VocosConfig
 from hf_tts.models.vocos.modeling_vocos import VocosModel
 
@@ -43,10 +43,11 @@ BUFFER_TOLERANCE = 1e-4
 
 def _read_yaml_config(path: Path) -> dict:
     try:
-        with open(path, encoding="utf-8") as handle:
-            raw = yaml.safe_load(handle)
-    except yaml.YAMLError as error:
-        raise InputError(f"{path} is not valid YAML: {error}") from error
+        with open(path, "rb") as handle:
+            text = handle.read(MAX_YAML_BYTES + 1)
+    except OSError as error:
+        raise InputError(f"{path} cannot be read: {error.strerror or error}") from error
+    raw = load_yaml(text, str(path))  # no aliases or tags, bounded size and depth
     if not isinstance(raw, dict):
         raise InputError(f"{path} must be a mapping with feature_extractor / backbone / head entries")
     if "feature_extractor" not in raw and isinstance(raw.get("model"), dict):
@@ -60,13 +61,15 @@ def _read_yaml_config(path: Path) -> dict:
         entry = raw.get(section)
         if not isinstance(entry, dict) or "class_path" not in entry:
             raise InputError(f"{path}: missing the {section!r} entry (with class_path and init_args)")
-        if entry["class_path"] != class_path:
+        if not isinstance(entry["class_path"], str) or entry["class_path"] != class_path:
             raise InputError(
                 f"{path}: {section}.class_path is {entry['class_path']!r}; only the mel Vocos ({class_path}) is "
                 "supported (EnCodec-feature and IMDCT variants are not)"
             )
         init_args = entry.get("init_args") or {}
-        unknown = sorted(set(init_args) - UPSTREAM_INIT_ARGS[section])
+        if not isinstance(init_args, dict):
+            raise InputError(f"{path}: {section}.init_args must be a mapping, got {type(init_args).__name__}")
+        unknown = sorted(str(key) for key in set(init_args) - UPSTREAM_INIT_ARGS[section])
         if unknown:
             raise InputError(f"{path}: {section}.init_args has keys this converter does not implement: {unknown}")
         sections[section] = init_args
@@ -108,7 +111,7 @@ def vocos_config_from_yaml(path: str | os.PathLike) -> VocosConfig:
         )
     except KeyError as error:
         raise InputError(f"{path}: missing init_args key {error}") from error
-    except (TypeError, ValueError) as error:
+    except InputError as error:
         raise InputError(f"{path}: {error}") from error
 
 
@@ -129,8 +132,12 @@ def _split_buffers(state_dict: dict[str, torch.Tensor], model: VocosModel, sourc
     return weights
 
 
-def load_upstream_vocos(src_dir: str | os.PathLike) -> VocosModel:
-    """Build a `VocosModel` from an upstream folder (`config.yaml` + `pytorch_model.bin`), fp32, eval mode."""
+def load_upstream_vocos(src_dir: str | os.PathLike, *, allow_large: bool = False) -> VocosModel:
+    """Build a `VocosModel` from an upstream folder (`config.yaml` + `pytorch_model.bin`), fp32, eval mode. The
+    model size `config.yaml` implies is checked before the weights are read (`allow_large` lifts the limit); every
+    weight must be a finite floating-point tensor."""
+    from hf_tts.convert.f5 import check_weight_tensor
+
     src_dir = Path(src_dir)
     if not src_dir.is_dir():
         raise InputError(f"Vocos source {src_dir} is not a folder (expected config.yaml + pytorch_model.bin)")
@@ -139,10 +146,14 @@ def load_upstream_vocos(src_dir: str | os.PathLike) -> VocosModel:
         if not required.is_file():
             raise InputError(f"{required} is missing; an upstream Vocos folder holds config.yaml and pytorch_model.bin")
     config = vocos_config_from_yaml(config_path)
-    state_dict = load_torch_checkpoint(weights_path)
-    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise InputError(f"{weights_path} is not a plain state dict of tensors")
-    model = VocosModel(config)
+    with allow_large_models(allow_large):
+        check_model_size(VocosModel, config, source=str(config_path))
+        state_dict = load_torch_checkpoint(weights_path)
+        if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+            raise InputError(f"{weights_path} is not a plain state dict of tensors")
+        for key, tensor in state_dict.items():
+            check_weight_tensor(tensor, f"{weights_path}: weight {key}")
+        model = VocosModel(config)
     weights = _split_buffers(state_dict, model, weights_path)
     own = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
     found = {name: tuple(tensor.shape) for name, tensor in weights.items()}
@@ -177,18 +188,22 @@ def load_vocos(source: str | os.PathLike) -> VocosModel:
 
 
 def convert_vocos_checkpoint(
-    src_dir: str | os.PathLike, out_dir: str | os.PathLike, *, overwrite: bool = False
+    src_dir: str | os.PathLike, out_dir: str | os.PathLike, *, overwrite: bool = False, allow_large: bool = False
 ) -> VocosModel:
-    """Convert an upstream Vocos folder into a `save_pretrained` folder at `out_dir` (written atomically)."""
+    """Convert an upstream Vocos folder into a `save_pretrained` folder at `out_dir` (written atomically). The
+    output path is checked before anything is read, the whole model before anything is written."""
     from hf_tts.hub.cards import write_model_card
 
-    model = load_upstream_vocos(src_dir)
-    with atomic_output_dir(out_dir, overwrite=overwrite) as staging:
+    inputs = [src_dir]
+    check_output_target(out_dir, inputs=inputs, overwrite=overwrite, kind="dir")
+    model = load_upstream_vocos(src_dir, allow_large=allow_large)
+    with atomic_output_dir(out_dir, overwrite=overwrite, inputs=inputs) as staging:
         model.save_pretrained(staging)
         weights = Path(src_dir) / "pytorch_model.bin"
         write_model_card(
             staging, kind="vocos", config=model.config, sources=[weights], model_id=f"./{Path(out_dir).absolute().name}"
         )
+        # Everything in staging is this run's: the card writer's temporary file is private (0600).
     return model
 
 

@@ -21,8 +21,11 @@ from typing import Any
 
 import torch
 
+from hf_tts.commands.finetune import check_finetune_numbers
 from hf_tts.errors import InputError
-from hf_tts.file_utils import atomic_output_dir
+from hf_tts.file_utils import atomic_output_dir, check_finite, check_output_target
+from hf_tts.hub.push import validate_push_target
+from hf_tts.modeling_utils import allow_large_models
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +157,7 @@ def finetune(
     use_cpu: bool = False,
     progress: bool = True,
     overwrite: bool = False,
+    allow_large: bool = False,
     push_to_hub: str | None = None,
     private: bool = False,
     token: str | None = None,
@@ -165,6 +169,11 @@ def finetune(
     and keeps its `freeze_quantizer` front end bit for bit. Batches hold `batch_frames` frames (upstream's
     frame-based batches; default 3200 for F5/E2 and `batch_size` rows for the motion model; 0: `batch_size` rows).
     The EMA follows upstream's schedule with `ema_decay` as its limit.
+
+    Checked before anything is loaded: `push_to_hub` (repo id syntax, a token), every number (ranges in
+    `hf_tts.commands.finetune.FINETUNE_LIMITS`) and `out_dir` (never an input, the current folder, or a folder that is
+    not a model). A model above `MAX_MODEL_PARAMETERS` needs `allow_large=True`; trained weights that went NaN/Inf
+    are refused instead of written.
     """
     from transformers import TrainingArguments
 
@@ -180,22 +189,41 @@ def finetune(
     from hf_tts.training.trainer import HfTtsTrainer, bf16_available, loss_history, save_trained_model
     from hf_tts.training.vocab import extend_vocabulary
 
-    if max_steps < 1:
-        raise InputError(f"--max-steps must be >= 1, got {max_steps}")
-    if learning_rate <= 0:
-        raise InputError(f"--lr must be > 0, got {learning_rate}")
+    # Everything that can be checked without loading anything comes first: the push target, the numbers, the
+    # output placement; a long run must never end in a refusal that was knowable at the start.
+    validate_push_target(push_to_hub, token)
+    check_finetune_numbers(
+        max_steps=max_steps,
+        learning_rate=learning_rate,
+        batch_frames=batch_frames,
+        batch_size=batch_size,
+        max_samples=max_samples,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        warmup_steps=warmup_steps,
+        weight_decay=weight_decay,
+        max_grad_norm=max_grad_norm,
+        ema_decay=ema_decay,
+        ema_update_after_step=ema_update_after_step,
+        ema_update_every=ema_update_every,
+        logging_steps=logging_steps,
+        save_steps=save_steps,
+        seed=seed,
+    )
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "bf16" and not bf16_available():
         raise InputError("--precision bf16 needs a CUDA GPU with bf16 support; use auto or fp32 here")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise InputError(f"output folder {out_dir} already exists; choose another --out or pass --overwrite")
+    inputs = [model_id if _is_local(model_id) else None, data if isinstance(data, (str, os.PathLike)) else None]
+    inputs += [cache_dir, checkpoint_dir if resume else None]
+    out_dir = check_output_target(out_dir, inputs=inputs, overwrite=overwrite, kind="dir")
+    if checkpoint_dir is not None:
+        _check_checkpoint_dir(Path(checkpoint_dir), out_dir)
     if resume and (checkpoint_dir is None or save_steps <= 0):
         raise InputError("resuming needs the checkpoint folder (--checkpoint-dir) and --save-steps > 0")
 
     dataset = data if not isinstance(data, (str, os.PathLike)) else _load_rows(data)
-    model, tokenizer = _load_model_and_tokenizer(model_id, token)
+    with allow_large_models(allow_large):
+        model, tokenizer = _load_model_and_tokenizer(model_id, token)
     base_sources = _base_weight_sources(str(Path(model_id).absolute()) if _is_local(model_id) else model_id, token)
     added_tokens: list[str] = []
     if isinstance(model, FlowMatchingTTSModel):
@@ -264,7 +292,9 @@ def finetune(
         losses=losses,
         added_tokens=added_tokens,
     )
-    with atomic_output_dir(out_dir, overwrite=overwrite) as staging:
+    # A diverged run (NaN/Inf weights) is refused here rather than written as a model that only outputs noise.
+    _check_trained_weights(trainer.model, ema)
+    with atomic_output_dir(out_dir, overwrite=overwrite, inputs=inputs) as staging:
         save_trained_model(staging, trainer.model, ema=ema, tokenizer=tokenizer)
         (staging / TRAINING_LOG_NAME).write_text(json.dumps(trainer.state.log_history, indent=2), encoding="utf-8")
         _write_card(staging, out_dir.name, model_id, data, result, trainer, ema, batch_frames or None, base_sources)
@@ -273,6 +303,23 @@ def finetune(
 
         push_folder(out_dir, push_to_hub, private=private, token=token)
     return result
+
+
+def _check_checkpoint_dir(checkpoint_dir: Path, out_dir: Path) -> None:
+    """The Trainer checkpoints live apart from the output: the output folder is replaced at the end, which would
+    delete checkpoints inside it, and checkpoints around it would be swept into the model folder."""
+    checkpoints, out = Path(os.path.realpath(checkpoint_dir)), Path(os.path.realpath(out_dir))
+    if checkpoints == out or out in checkpoints.parents or checkpoints in out.parents:
+        raise InputError(
+            f"--checkpoint-dir {checkpoint_dir} and --out {out_dir} overlap; keep the checkpoints in a separate folder"
+        )
+
+
+def _check_trained_weights(model: torch.nn.Module, ema: Any) -> None:
+    for name, tensor in model.state_dict().items():
+        check_finite(tensor, f"the trained weight {name} (training diverged: lower --lr or check the data)")
+    for name, tensor in (ema.shadow or {}).items():
+        check_finite(tensor, f"the EMA weight {name} (training diverged: lower --lr or check the data)")
 
 
 def _write_card(

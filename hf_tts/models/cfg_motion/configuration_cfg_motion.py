@@ -2,12 +2,13 @@
 classifier-free guidance, long-conditioning windows, and the optional voice front ends (a GPT-SoVITS-style voice
 quantizer and a transformers speech encoder for raw audio)."""
 
+import math
 from typing import ClassVar
 
-from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 
-from hf_tts.configuration_utils import HfTtsConfig
+from hf_tts.configuration_utils import MAX_CONFIG_SIZE, MAX_DIFFUSION_STEPS, HfTtsConfig, config_dataclass
+from hf_tts.limits import MAX_GUIDANCE_SCALE, MAX_SAMPLING_STEPS
 
 # Upstream's values per data format (`utils/model_util.get_model_args` + README training flags). Face: 256 expression
 # codes, conditioning = 2 x 512 vq-wav2vec features + 1014 lip-vertex features, a 2-layer rotary cond encoder.
@@ -36,7 +37,7 @@ CFG_MOTION_ARCHITECTURES: dict[str, dict] = {
 }
 
 
-@strict
+@config_dataclass
 class VoiceQuantizerConfig(PreTrainedConfig):
     r"""GPT-SoVITS' semantic front end: `ssl_proj` (Conv1d kernel 2 stride 2 at "25hz", 1x1 at "50hz") followed by a
     residual VQ with EMA codebooks. Defaults are GPT-SoVITS' (768-d HuBERT features, 1 x 1024 codes)."""
@@ -62,10 +63,16 @@ class VoiceQuantizerConfig(PreTrainedConfig):
                 f"quantizer.semantic_frame_rate must be '25hz' or '50hz', got {self.semantic_frame_rate!r}"
             )
         for name in ("ssl_dim", "n_q", "bins", "kmeans_iters"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"quantizer.{name} must be > 0, got {getattr(self, name)!r}")
+            if not 0 < getattr(self, name) <= MAX_CONFIG_SIZE:
+                raise ValueError(f"quantizer.{name} must be in [1, {MAX_CONFIG_SIZE}], got {getattr(self, name)!r}")
         if not 0.0 < self.decay < 1.0:
             raise ValueError(f"quantizer.decay must be in (0, 1), got {self.decay!r}")
+        for name in ("epsilon", "threshold_ema_dead_code", "commitment_weight"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"quantizer.{name} must be a finite number >= 0, got {value!r}")
+        if self.epsilon == 0:
+            raise ValueError("quantizer.epsilon must be > 0 (it keeps the EMA codebook update from dividing by zero)")
 
     @property
     def stride(self) -> int:
@@ -73,7 +80,7 @@ class VoiceQuantizerConfig(PreTrainedConfig):
         return 2 if self.semantic_frame_rate == "25hz" else 1
 
 
-@strict
+@config_dataclass
 class CFGMotionConfig(HfTtsConfig):
     r"""Configuration of [`CFGMotionModel`].
 
@@ -98,6 +105,12 @@ class CFGMotionConfig(HfTtsConfig):
     model_type = "hf_tts_cfg_motion"
     has_quantizer: ClassVar[bool] = True
     sub_configs: ClassVar[dict] = {"quantizer": VoiceQuantizerConfig, "audio_encoder": AutoConfig}
+    layer_count_fields: ClassVar[tuple[tuple[str, int, int], ...]] = (
+        ("layers", 1, 1),
+        ("cond_encoder_layers", 0, 1),
+        ("quantizer.n_q", 1, 1),
+        ("audio_encoder.num_hidden_layers", 1, 1),
+    )
 
     architecture: str = "body"
     init_adaln_zero: bool = False
@@ -159,6 +172,18 @@ class CFGMotionConfig(HfTtsConfig):
         )
         self._require_positive("keyframe_stride", "max_keyframes", "diffusion_steps", "num_inference_steps")
         self._require_positive("audio_sampling_rate")
+        if self.diffusion_steps > MAX_DIFFUSION_STEPS:
+            raise ValueError(f"diffusion_steps must be at most {MAX_DIFFUSION_STEPS}, got {self.diffusion_steps}")
+        if self.num_inference_steps > MAX_SAMPLING_STEPS:
+            raise ValueError(
+                f"num_inference_steps must be at most {MAX_SAMPLING_STEPS}, got {self.num_inference_steps}"
+            )
+        if not _reachable_ddim_steps(self.diffusion_steps, self.num_inference_steps):
+            raise ValueError(
+                f"num_inference_steps={self.num_inference_steps} cannot be reached with an integer stride over "
+                f"diffusion_steps={self.diffusion_steps} (DDIM respacing); use a divisor-like count such as "
+                f"{self.diffusion_steps // 10 or 1}"
+            )
         if self.latent_dim % self.heads:
             raise ValueError(f"latent_dim ({self.latent_dim}) must be divisible by heads ({self.heads})")
         if self.latent_dim % 2:
@@ -174,8 +199,8 @@ class CFGMotionConfig(HfTtsConfig):
             )
         if self.noise_schedule not in ("cosine", "linear"):
             raise ValueError(f"noise_schedule must be 'cosine' or 'linear', got {self.noise_schedule!r}")
-        if self.guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale!r}")
+        if not 0 <= self.guidance_scale <= MAX_GUIDANCE_SCALE:
+            raise ValueError(f"guidance_scale must be in [0, {MAX_GUIDANCE_SCALE:g}], got {self.guidance_scale!r}")
         if self.lambda_vel < 0:
             raise ValueError(f"lambda_vel must be >= 0, got {self.lambda_vel!r}")
         if not 0 <= self.window_overlap < self.max_window_frames:
@@ -205,6 +230,17 @@ class CFGMotionConfig(HfTtsConfig):
     def max_window_frames(self) -> int:
         """Longest motion sequence generated in one pass (upstream: 20 keyframes x 30 frames = 20 s at 30 fps)."""
         return self.max_keyframes * self.keyframe_stride
+
+
+def _reachable_ddim_steps(train_steps: int, inference_steps: int) -> bool:
+    """Whether `hf_tts.diffusion.ddim_timesteps(train_steps, inference_steps)` exists: `range(0, T, k)` has
+    ceil(T / k) entries, which only falls as k grows, so the one stride to try is k = ceil(T / n), with k < T."""
+    if inference_steps == train_steps:
+        return True
+    if not 0 < inference_steps < train_steps:
+        return False
+    stride = -(-train_steps // inference_steps)
+    return stride < train_steps and -(-train_steps // stride) == inference_steps
 
 
 __all__ = ["CFGMotionConfig", "VoiceQuantizerConfig", "CFG_MOTION_ARCHITECTURES"]

@@ -25,6 +25,7 @@ from transformers.utils import ModelOutput
 
 from hf_tts.diffusion import DiffusionSchedule
 from hf_tts.errors import InputError
+from hf_tts.file_utils import check_finite
 from hf_tts.layers.film import (
     DenseFiLM,
     FiLMDecoderLayer,
@@ -33,6 +34,7 @@ from hf_tts.layers.film import (
     rotary_frequencies,
 )
 from hf_tts.layers.rvq import EuclideanCodebook, ResidualVectorQuantizer
+from hf_tts.limits import MAX_GUIDANCE_SCALE, MAX_MOTION_FRAMES, MAX_SAMPLING_STEPS, check_number
 from hf_tts.modeling_utils import HfTtsPreTrainedModel
 from hf_tts.models.cfg_motion.configuration_cfg_motion import CFGMotionConfig, VoiceQuantizerConfig
 
@@ -484,6 +486,8 @@ class CFGMotionModel(CFGMotionPreTrainedModel):
             raise InputError(f"guidance_scale must be finite, got {scales.tolist()}")
         if bool((scales < 0).any()):
             raise InputError(f"guidance_scale must be >= 0, got {scales.tolist()}")
+        if bool((scales > MAX_GUIDANCE_SCALE).any()):
+            raise InputError(f"guidance_scale must be at most {MAX_GUIDANCE_SCALE:g}, got {scales.tolist()}")
         return scales
 
     def guided_x0(
@@ -581,12 +585,24 @@ class CFGMotionModel(CFGMotionPreTrainedModel):
         config = self.config
         if audio is not None and num_frames is None:
             num_frames = round(audio.shape[-1] / config.audio_sampling_rate * config.fps)
+        if num_frames is None:
+            raise InputError("num_frames is required with cond_features (audio sets it from its length)")
+        # Input checks before any work: a length within the cap (motion memory grows with it), conditioning that
+        # holds numbers (NaN conditioning gives all-NaN motion) and at least one frame of it.
+        check_number("num_frames", num_frames, 1, MAX_MOTION_FRAMES, integer=True)
+        steps = config.num_inference_steps if num_inference_steps is None else num_inference_steps
+        check_number("num_inference_steps", steps, None, None, integer=True)
+        if steps <= 0:
+            raise InputError(f"num_inference_steps must be >= 1, got {steps}")
+        if num_inference_steps is not None and steps > MAX_SAMPLING_STEPS:
+            raise InputError(f"num_inference_steps must be at most {MAX_SAMPLING_STEPS}, got {steps}")
+        for name, given in (("cond_features", cond_features), ("audio", audio)):
+            if given is not None:
+                check_finite(given, name)
         cond, _, _ = self.encode_conditioning(cond_features, audio)
-        if num_frames is None or num_frames <= 0:
-            raise InputError(f"num_frames must be a positive number of motion frames, got {num_frames!r}")
-        if cond.dim() != 3 or cond.shape[-1] != config.cond_feature_dim:
+        if cond.dim() != 3 or cond.shape[-1] != config.cond_feature_dim or cond.shape[1] == 0:
             raise InputError(
-                f"cond_features must be (batch, length, {config.cond_feature_dim}), got shape {tuple(cond.shape)}"
+                f"cond_features must be (batch, length >= 1, {config.cond_feature_dim}), got shape {tuple(cond.shape)}"
             )
         batch = cond.shape[0]
         scales = self._guidance_scales(guidance_scale, batch)
@@ -597,9 +613,6 @@ class CFGMotionModel(CFGMotionPreTrainedModel):
             raise InputError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
         mask = frame_mask(mask, batch, num_frames)
         check_keyframes(config, batch, num_frames, keyframes)
-        steps = config.num_inference_steps if num_inference_steps is None else num_inference_steps
-        if steps <= 0:
-            raise InputError(f"num_inference_steps must be >= 1, got {steps}")
         schedule = self.schedule.respaced(steps)
         eta = config.ddim_eta if eta is None else eta
 

@@ -2,9 +2,7 @@
 
 from typing import ClassVar
 
-from huggingface_hub.dataclasses import strict
-
-from hf_tts.configuration_utils import FlowMatchingTTSConfig
+from hf_tts.configuration_utils import FlowMatchingTTSConfig, config_dataclass
 
 # Upstream's E2TTS_*.yaml `model.arch` blocks: no text_dim (so text_dim = mel_dim), no ConvNeXt text blocks.
 E2_PRESETS: dict[str, dict] = {
@@ -13,7 +11,7 @@ E2_PRESETS: dict[str, dict] = {
 }
 
 
-@strict
+@config_dataclass
 class E2TTSConfig(FlowMatchingTTSConfig):
     r"""Configuration of [`E2TTSModel`]. Defaults are E2TTS_Base. `depth` must be even (the U-Net skips pair the
     first half of the layers with the second half); `skip_connect_type` is "concat" (upstream default), "add" or
@@ -21,6 +19,12 @@ class E2TTSConfig(FlowMatchingTTSConfig):
 
     model_type = "hf_tts_e2"
     presets: ClassVar[dict[str, dict]] = E2_PRESETS
+    # `depth` counts in pairs (a first-half layer and its second-half partner with the skip projection).
+    layer_count_fields: ClassVar[tuple[tuple[str, int, int], ...]] = (
+        ("depth", 2, 2),
+        ("conv_layers", 0, 1),
+        ("vocoder_config.num_layers", 1, 1),
+    )
 
     architecture: str = "E2TTS_Base"
     depth: int = 24

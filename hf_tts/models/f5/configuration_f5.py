@@ -2,9 +2,7 @@
 
 from typing import ClassVar
 
-from huggingface_hub.dataclasses import strict
-
-from hf_tts.configuration_utils import FlowMatchingTTSConfig
+from hf_tts.configuration_utils import FlowMatchingTTSConfig, config_dataclass
 
 # Upstream's src/f5_tts/configs/*.yaml `model.arch` blocks (dim_head 64, dropout 0.1 everywhere).
 F5_PRESETS: dict[str, dict] = {
@@ -56,7 +54,7 @@ F5_PRESETS: dict[str, dict] = {
 }
 
 
-@strict
+@config_dataclass
 class F5TTSConfig(FlowMatchingTTSConfig):
     r"""Configuration of [`F5TTSModel`].
 

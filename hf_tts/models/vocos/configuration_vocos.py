@@ -1,13 +1,13 @@
 """Vocos configuration: mel features -> ConvNeXt backbone -> ISTFT head (`charactr/vocos-mel-24khz` layout)."""
 
-from huggingface_hub.dataclasses import strict
+from typing import ClassVar
 
-from hf_tts.configuration_utils import HfTtsConfig
+from hf_tts.configuration_utils import HfTtsConfig, config_dataclass
 
 PADDING_MODES = ("center", "same")
 
 
-@strict
+@config_dataclass
 class VocosConfig(HfTtsConfig):
     r"""Configuration of [`VocosModel`].
 
@@ -18,6 +18,7 @@ class VocosConfig(HfTtsConfig):
     """
 
     model_type = "hf_tts_vocos"
+    layer_count_fields: ClassVar[tuple[tuple[str, int, int], ...]] = (("num_layers", 1, 1),)
 
     architecture: str = "vocos-mel-24khz"
     # Mel features (upstream MelSpectrogramFeatures; log with clip 1e-7)
@@ -42,6 +43,12 @@ class VocosConfig(HfTtsConfig):
         for name in ("feature_padding", "istft_padding"):
             if getattr(self, name) not in PADDING_MODES:
                 raise ValueError(f"{name} must be one of {PADDING_MODES}, got {getattr(self, name)!r}")
+        if self.n_fft % 2:
+            raise ValueError(f"n_fft must be even (the head predicts n_fft / 2 + 1 frequencies), got {self.n_fft}")
+        if self.layer_norm_eps <= 0:
+            raise ValueError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
+        if self.initializer_range < 0:
+            raise ValueError(f"initializer_range must be >= 0, got {self.initializer_range!r}")
         if self.hop_length > self.n_fft:
             raise ValueError(f"hop_length ({self.hop_length}) must not exceed n_fft ({self.n_fft})")
         if self.feature_padding == "same" and (self.n_fft // 2) % self.hop_length:
