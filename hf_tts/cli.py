@@ -66,7 +66,7 @@ class _OneLineErrorParser(argparse.ArgumentParser):
         self.register("action", "parsers", _Subcommands)
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(EXIT_BAD_INPUT, _printable(f"{self.prog}: error: {message} (see {self.prog} --help)\n"))
 
 
 class _Subcommands(argparse._SubParsersAction):
@@ -116,12 +116,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if message is None:
             summary = str(error).strip().splitlines()[0] if str(error).strip() else ""
             print(
-                f"{command}: internal error ({type(error).__name__}: {summary[:300]}); this is a bug, please report "
-                "it with the traceback below",
+                _printable(
+                    f"{command}: internal error ({type(error).__name__}: {summary[:300]}); this is a bug, please "
+                    "report it with the traceback below"
+                ),
                 file=sys.stderr,
             )
             raise
-        print(f"{command}: error: {message}", file=sys.stderr)
+        print(_printable(f"{command}: error: {message}"), file=sys.stderr)
         return EXIT_BAD_INPUT
     finally:
         _restore_signal_handlers(previous)
@@ -175,6 +177,12 @@ _LIBRARY_ERRORS = (
     ),
     ("httpx", ("TransportError",), "cannot reach the Hub (HF_ENDPOINT): "),
 )
+
+
+def _printable(text: str) -> str:
+    """`text` with lone surrogates (undecodable bytes of the command line, as Linux hands them to Python) escaped,
+    so an error message quoting the user's input can always be printed."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _first_line(error: BaseException) -> str:

@@ -175,3 +175,10 @@ def test_ctrl_c_while_the_command_imports_is_one_line(capsys, monkeypatch):
     monkeypatch.setattr(importlib, "import_module", interrupted)
     assert main(["merge", "a", "b", "--out", "c"]) == 130
     assert capsys.readouterr().err == "hf-tts: interrupted; no output was written\n"
+
+
+def test_undecodable_command_line_bytes_are_printed_escaped(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # Linux hands undecodable argv bytes to Python as lone surrogates; the message quoting them must still print.
+    assert main(["convert", "f5", "x\udcff.safetensors", "--arch", "F5TTS_v1_Base", "--vocab", "v", "--out", "o"]) == 2
+    assert "x\\udcff.safetensors" in capsys.readouterr().err
