@@ -180,5 +180,7 @@ def test_ctrl_c_while_the_command_imports_is_one_line(capsys, monkeypatch):
 def test_undecodable_command_line_bytes_are_printed_escaped(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # Linux hands undecodable argv bytes to Python as lone surrogates; the message quoting them must still print.
-    assert main(["convert", "f5", "x\udcff.safetensors", "--arch", "F5TTS_v1_Base", "--vocab", "v", "--out", "o"]) == 2
+    (tmp_path / "vocab.txt").write_text("a\n")
+    argv = ["convert", "f5", "x\udcff.safetensors", "--arch", "F5TTS_v1_Base", "--vocab", "vocab.txt", "--out", "o"]
+    assert main(argv) == 2
     assert "x\\udcff.safetensors" in capsys.readouterr().err
