@@ -5,7 +5,6 @@ the issue describes and checks for exit 2 with one stderr line (or an InputError
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,27 +18,8 @@ from hf_tts.cli import main
 from hf_tts.convert.a2p import read_a2p_checkpoint
 from hf_tts.convert.f5 import convert_f5_checkpoint, load_upstream_f5_state_dict
 from hf_tts.errors import InputError
+from tests.cli_utils import cli, one_error_line, tree_digest
 from tests.conftest import upstream_fixture
-
-
-def cli(*arguments) -> int:
-    """`hf-tts ARGUMENTS` in-process; argparse's own refusals (SystemExit) count as their exit code."""
-    try:
-        return main([str(argument) for argument in arguments])
-    except SystemExit as exit:
-        return int(exit.code)
-
-
-def one_error_line(capsys) -> str:
-    error = capsys.readouterr().err.strip()
-    assert len(error.splitlines()) == 1, error
-    return error
-
-
-def tree_digest(path: Path) -> dict[str, str]:
-    """{relative path: sha256} of every file under `path` (or of `path` itself)."""
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    return {str(p.relative_to(path.parent)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
 @pytest.fixture

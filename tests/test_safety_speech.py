@@ -6,7 +6,6 @@ and inputs unchanged."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import struct
@@ -22,35 +21,15 @@ from transformers import AutoModel, pipeline
 
 from hf_tts import CFGMotionConfig, CFGMotionModel
 from hf_tts.audio import check_audio_file, load_audio
-from hf_tts.cli import main
 from hf_tts.errors import InputError
 from hf_tts.limits import MAX_CHUNK_SECONDS, MAX_SEED, MAX_TEXT_CHARS
 from hf_tts.processing import F5FeatureExtractor
 from hf_tts.tokenization_f5 import F5Tokenizer
+from tests.cli_utils import cli, one_error_line, tree_digest
 from tests.conftest import upstream_fixture
 
 REF_TEXT = "Some reference words"
 TINY_MOTION = dict(nfeats=6, latent_dim=16, heads=2, layers=1, ff_size=32, cond_feature_dim=8, cond_encoder_layers=1)
-
-
-def cli(*arguments) -> int:
-    """`hf-tts ARGUMENTS` in-process; argparse's own refusals (SystemExit) count as their exit code."""
-    try:
-        return main([str(argument) for argument in arguments])
-    except SystemExit as exit:
-        return int(exit.code)
-
-
-def one_error_line(capsys) -> str:
-    error = capsys.readouterr().err.strip()
-    assert len(error.splitlines()) == 1, error
-    return error
-
-
-def digest(path: Path) -> dict[str, str]:
-    """{relative path: sha256} of every file under `path` (or of `path` itself)."""
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    return {str(p.relative_to(path.parent)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -102,21 +81,21 @@ def one_hertz_wav(path: Path) -> Path:
 def test_synthesize_out_equal_to_the_reference_keeps_it(tmp_path, capsys):
     reference = tmp_path / "reference.wav"
     soundfile.write(reference, reference_wave(), 24000)
-    before = digest(reference)
+    before = tree_digest(reference)
     assert synthesize(reference, reference, "--overwrite") == 2
     assert "is the input" in one_error_line(capsys)
-    assert digest(reference) == before
+    assert tree_digest(reference) == before
 
 
 def test_synthesize_out_inside_the_model_folder_is_refused(tmp_path, reference_file, capsys):
     model = tmp_path / "model"
     shutil.copytree(f5_dir(), model)
-    before = digest(model)
+    before = tree_digest(model)
     code = cli("synthesize", model, "--text", "Hello.", "--ref-audio", reference_file, "--ref-text", REF_TEXT,
                "--out", model / "sub" / "speech.wav")  # fmt: skip
     assert code == 2
     assert "lies inside the input" in one_error_line(capsys)
-    assert digest(model) == before and not (model / "sub").exists()
+    assert tree_digest(model) == before and not (model / "sub").exists()
 
 
 def test_synthesize_plot_onto_the_text_file_is_refused(tmp_path, reference_file, capsys):
@@ -165,7 +144,7 @@ def test_animate_out_dev_null_with_overwrite_is_refused(motion_model_dir, featur
 
 @pytest.mark.parametrize("placement", ["features", "inside-model", "plot-is-out"])
 def test_animate_outputs_never_touch_an_input(motion_model_dir, features_file, tmp_path, capsys, placement):
-    before = {**digest(motion_model_dir), **digest(features_file)}
+    before = {**tree_digest(motion_model_dir), **tree_digest(features_file)}
     out = {"features": features_file, "inside-model": motion_model_dir / "motion.npy"}.get(
         placement, tmp_path / "motion.npy"
     )
@@ -176,21 +155,21 @@ def test_animate_outputs_never_touch_an_input(motion_model_dir, features_file, t
     assert {"features": "is the input", "inside-model": "lies inside the input", "plot-is-out": "same file"}[
         placement
     ] in one_error_line(capsys)
-    assert {**digest(motion_model_dir), **digest(features_file)} == before
+    assert {**tree_digest(motion_model_dir), **tree_digest(features_file)} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["features.npy"]
 
 
 def test_attach_vocoder_out_inside_an_input_is_refused_before_loading(tmp_path, capsys):
     model = tmp_path / "model"
     shutil.copytree(f5_dir(), model)
-    before = digest(model)
+    before = tree_digest(model)
     vocoder = upstream_fixture("vocos_tiny")
     assert cli("attach-vocoder", model, vocoder, "--out", model / "with_vocoder") == 2
     assert "lies inside the input" in one_error_line(capsys)
     # the vocoder argument is an input too; a folder that is not a model is never loaded (the output check is first)
     assert cli("attach-vocoder", tmp_path / "not-a-model", vocoder, "--out", vocoder) == 2
     assert "is the input" in one_error_line(capsys)
-    assert digest(model) == before
+    assert tree_digest(model) == before
 
 
 # --- numeric options ------------------------------------------------------------------------------------------
@@ -436,11 +415,11 @@ def npy_with_header(path: Path, header: str, data: bytes) -> Path:
 )
 def test_npy_features_with_lying_or_unsafe_headers(motion_model_dir, tmp_path, capsys, header, data, message):
     features = npy_with_header(tmp_path / "features.npy", header, data)
-    before = digest(features)
+    before = tree_digest(features)
     out = tmp_path / "motion.npy"
     assert cli("animate", motion_model_dir, "--features", features, "--num-frames", "4", "--out", out) == 2
     assert message in one_error_line(capsys)
-    assert digest(features) == before and not out.exists()
+    assert tree_digest(features) == before and not out.exists()
 
 
 @pytest.mark.parametrize("values", [np.full((40, 8), np.nan, np.float32), np.zeros((0, 8), np.float32)])
