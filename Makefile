@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.hf_tts-installed
 
-.PHONY: setup test demo lint bench clean
+.PHONY: setup test demo lint bench clean postgres
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ $(STAMP): $(BIN)/python setup.cfg pyproject.toml
 
 setup: $(STAMP)
 
-test: setup
+test: setup postgres
 	$(BIN)/python -m pytest
 
 demo: setup
@@ -27,6 +27,17 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check hf_tts tests scripts
 	$(BIN)/ruff format --check hf_tts tests scripts
+
+# PostgreSQL for the registry's tests (they start their own server with initdb + pg_ctl): Debian's `postgresql`
+# when neither PATH nor /usr/lib/postgresql/*/bin has both programs.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+postgres:
+	@if { command -v initdb && command -v pg_ctl; } >/dev/null 2>&1 || \
+	   { ls /usr/lib/postgresql/*/bin/initdb && ls /usr/lib/postgresql/*/bin/pg_ctl; } >/dev/null 2>&1; then \
+		echo "PostgreSQL: initdb and pg_ctl found"; \
+	else \
+		$(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends postgresql; \
+	fi
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info demo_out

@@ -33,7 +33,7 @@ _PUBLIC_NAMES = {
     "HfTtsTrainer": "hf_tts.training",
     "HfTtsConfig": "hf_tts.configuration_utils",
     "InputError": "hf_tts.errors",
-    "LocalHubServer": "hf_tts.hub.server",
+    "LocalHubServer": "hf_tts.registry.server",
     "SpeechOutput": "hf_tts.synthesis",
     "VocosConfig": "hf_tts.models.vocos",
     "VocosModel": "hf_tts.models.vocos",

@@ -30,16 +30,20 @@ def fixtures_dir() -> Path:
 
 
 @pytest.fixture
-def local_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """The package's registry (`hf_tts.hub.server`) on a free loopback port, with huggingface_hub and transformers
+def local_hub(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The package's registry (`hf_tts.registry`) on a free loopback port, with huggingface_hub and transformers
     pointed at it, a private HF cache and no saved token. huggingface_hub reads HF_ENDPOINT at import (done above),
-    so its module constants are patched; the env vars are set too, for `hf-tts` subprocesses."""
+    so its module constants are patched; the env vars are set too, for `hf-tts` subprocesses.
+    Parametrized indirectly, its parameter is a function of the request returning the database URL (None: SQLite
+    under the root)."""
     import transformers.utils.hub as transformers_hub
     from huggingface_hub import constants, hf_api
 
-    from hf_tts.hub.server import LocalHubServer
+    from hf_tts.registry import LocalHubServer
 
-    server = LocalHubServer(tmp_path / "registry").serve_in_thread()
+    database_for = getattr(request, "param", None)
+    database = database_for(request) if database_for is not None else None
+    server = LocalHubServer(tmp_path / "registry", database=database).serve_in_thread()
     monkeypatch.setattr(constants, "ENDPOINT", server.url)
     monkeypatch.setattr(
         constants, "HUGGINGFACE_CO_URL_TEMPLATE", server.url + "/{repo_id}/resolve/{revision}/{filename}"

@@ -1,1 +1,1 @@
-"""Model cards, push helpers and the local Hub-compatible registry server."""
+"""Model cards and push helpers (client side); the registry server is `hf_tts.registry`."""
