@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.hf_tts-installed
 
-.PHONY: setup test demo lint bench clean postgres
+.PHONY: setup test demo lint bench clean postgres chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,10 +18,10 @@ $(STAMP): $(BIN)/python setup.cfg pyproject.toml
 
 setup: $(STAMP)
 
-test: setup postgres
+test: setup postgres chromium
 	$(BIN)/python -m pytest
 
-demo: setup
+demo: setup chromium
 	$(BIN)/python scripts/demo.py
 
 lint: setup
@@ -37,6 +37,15 @@ postgres:
 		echo "PostgreSQL: initdb and pg_ctl found"; \
 	else \
 		$(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends postgresql; \
+	fi
+
+# Headless Chromium for the registry's browser tests and the demo's screenshot: Debian's `chromium` when missing
+# (with a font: --no-install-recommends would leave the screenshots without any).
+chromium:
+	@if command -v chromium >/dev/null 2>&1; then \
+		echo "Chromium: found"; \
+	else \
+		$(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends chromium fonts-dejavu-core; \
 	fi
 
 clean:

@@ -7,9 +7,15 @@ gzip is accepted as it is by real clients):
 1. small-file GET+HEAD requests per second: the registry's `resolve` vs Starlette `StaticFiles` under uvicorn
    (targets: at least 1,000/s, at least 0.5x static);
 2. HEAD of a file and `model_info` on a 20,000-file repo vs a 10-file repo (target: within 1.5x);
-3. a 100 MB download, registry vs static (target: at least 0.8x).
+3. a 100 MB download, registry vs static (target: at least 0.8x);
+4. a large file (`--large-size`, 5 GB by default) pushed with the default client (Xet) and with LFS, twice each:
+   client and registry peak RSS over idle (<= 0.5 GB, <= 200 MB), push time vs `cp` (<= 2x), re-push vs first push
+   (< 0.2x), `hf_hub_download` vs `curl` of the same file from the registry (>= 0.5x). `--large-only` runs only this.
 
-    python scripts/bench_registry.py [--seconds 3] [--clients 2] [--big-mb 100]
+Then the pages: the time to serve a model card page with a plot on a 20,000-file repo (target: under 50 ms), next
+to the same card on a 10-file repo, measured from a client on one keep-alive connection (first and warm requests).
+
+    python scripts/bench_registry.py [--seconds 3] [--clients 2] [--big-mb 100] [--pages-only]
 """
 
 from __future__ import annotations
@@ -125,13 +131,146 @@ def commit(url: str, repo_id: str, files: dict[str, bytes]) -> None:
     connection.close()
 
 
+# --- large files: Xet and LFS pushes of one big file --------------------------------------------------------------
+
+LARGE_CLIENT = textwrap.dedent(
+    """
+    import json, os, sys, time
+    def rss(field):
+        for line in open("/proc/self/status"):
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+    from huggingface_hub import HfApi, hf_hub_download
+    action, url, repo, path = sys.argv[1:5]
+    api = HfApi(endpoint=url)
+    idle = rss("VmRSS")
+    started = time.perf_counter()
+    if action == "push":
+        api.create_repo(repo, exist_ok=True)
+        api.upload_file(path_or_fileobj=path, path_in_repo="model.safetensors", repo_id=repo)
+    else:
+        hf_hub_download(repo, "model.safetensors", cache_dir=path)
+    print(json.dumps({"seconds": time.perf_counter() - started, "idle": idle, "peak": rss("VmHWM")}))
+    """
+)
+
+
+class RssSampler:
+    """Peak RSS of another process (the registry), sampled every 20 ms while a step runs."""
+
+    def __init__(self, pid: int):
+        self.pid, self.peak, self.running = pid, 0, False
+
+    def rss(self) -> int:
+        with open(f"/proc/{self.pid}/status") as status:
+            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS"))
+
+    def __enter__(self) -> RssSampler:
+        import threading
+
+        self.idle = self.peak = self.rss()
+        self.running = True
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, self.rss())
+            time.sleep(0.02)
+
+    def __exit__(self, *exc: object) -> None:
+        self.running = False
+        self.thread.join()
+
+
+def parse_size(text: str) -> int:
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    number, unit = (text[:-1], text[-1].upper()) if text[-1:].upper() in units and text[-1:].isalpha() else (text, "")
+    return int(float(number) * units[unit])
+
+
+def bench_large(size: int) -> None:
+    """Push one `size`-byte file with the default client (Xet) and with LFS (HF_HUB_DISABLE_XET=1), twice each, and
+    download it; client and registry peak RSS over their idle RSS, times against `cp` and `curl` of the same bytes."""
+    work = Path(tempfile.mkdtemp(prefix="bench-large-"))
+    source = work / "model.safetensors"
+    with open(source, "wb") as stream:  # incompressible, and different 64 MiB pieces (no dedupe within the file)
+        for _ in range(size >> 26):
+            stream.write(os.urandom(1 << 26))
+        stream.write(os.urandom(size & ((1 << 26) - 1)))
+    subprocess.run(["sync"], check=True)
+    started = time.perf_counter()
+    subprocess.run(["cp", str(source), str(work / "copy")], check=True)
+    subprocess.run(["sync"], check=True)
+    cp_seconds = time.perf_counter() - started
+    (work / "copy").unlink()
+    registry, url = start([sys.executable, "-m", "hf_tts.cli", "hub", "serve", "--root", str(work / "reg"), "--quiet"])
+    results: dict[str, dict] = {}
+    try:
+        for name, env in (("xet", {}), ("lfs", {"HF_HUB_DISABLE_XET": "1"})):
+            for attempt in ("first", "second"):
+                environment = {**os.environ, **env, "HF_HOME": str(work / f"home-{name}"), "HF_ENDPOINT": url}
+                with RssSampler(registry.pid) as server_rss:
+                    out = subprocess.run(
+                        [sys.executable, "-c", LARGE_CLIENT, "push", url, f"bench/{name}", str(source)],
+                        env=environment, capture_output=True, text=True, check=True,
+                    )  # fmt: skip
+                client = json.loads(out.stdout.strip().splitlines()[-1])
+                results[f"{name}_{attempt}"] = {
+                    **client,
+                    "server_idle": server_rss.idle,
+                    "server_peak": server_rss.peak,
+                }
+        started = time.perf_counter()
+        subprocess.run(
+            ["curl", "-sf", "-o", "/dev/null", f"{url}/bench/xet/resolve/main/model.safetensors"], check=True
+        )
+        curl_seconds = time.perf_counter() - started
+        for name in ("xet", "lfs"):
+            environment = {**os.environ, "HF_HOME": str(work / "home-dl"), "HF_ENDPOINT": url}
+            if name == "lfs":
+                environment["HF_HUB_DISABLE_XET"] = "1"
+            out = subprocess.run(
+                [sys.executable, "-c", LARGE_CLIENT, "download", url, f"bench/{name}", str(work / f"dl-{name}")],
+                env=environment, capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            results[f"{name}_download"] = json.loads(out.stdout.strip().splitlines()[-1])
+    finally:
+        registry.terminate()
+        registry.wait(timeout=60)
+    gib = size / (1 << 30)
+    print(f"large file: {gib:.2f} GiB; cp {cp_seconds:.1f} s; curl of the registry's resolve {curl_seconds:.1f} s")
+    for name in ("xet", "lfs"):
+        first, second = results[f"{name}_first"], results[f"{name}_second"]
+        download = results[f"{name}_download"]
+        print(
+            f"{name}: push {first['seconds']:.1f} s = {first['seconds'] / cp_seconds:.2f}x cp (target <= 2x); "
+            f"re-push {second['seconds']:.1f} s = {second['seconds'] / first['seconds']:.3f}x (target < 0.2x); "
+            f"client peak +{(first['peak'] - first['idle']) / 2**20:.0f} MB (target <= 512); "
+            f"registry peak +{(first['server_peak'] - first['server_idle']) / 2**20:.0f} MB (target <= 200); "
+            f"download {gib * 1024 / download['seconds']:.0f} MB/s = {curl_seconds / download['seconds']:.2f}x curl "
+            "(target >= 0.5x)"
+        )
+    print(json.dumps({"cp_s": round(cp_seconds, 2), "curl_s": round(curl_seconds, 2), **results}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds per request-rate measurement")
     parser.add_argument("--clients", type=int, default=2, help="client processes generating load")
     parser.add_argument("--big-mb", type=int, default=100, help="size of the download, in MB")
     parser.add_argument("--files", type=int, default=20000, help="files in the big repo")
+    parser.add_argument("--pages-only", action="store_true", help="measure only the page render times")
+    parser.add_argument("--large-size", default="5G", help="size of the large-file push (e.g. 5G, 500M; 0 skips it)")
+    parser.add_argument("--large-only", action="store_true", help="measure only the large-file pushes")
     args = parser.parse_args()
+    if args.large_only:
+        bench_large(parse_size(args.large_size))
+        return
+    if args.pages_only:
+        bench_pages(args.files)
+        return
 
     work = Path(tempfile.mkdtemp(prefix="bench-registry-"))
     static_dir = work / "static"
@@ -200,6 +339,87 @@ def main() -> None:
         f"{results['static_download_mbps']:.0f} MB/s -> {download_ratio:.2f}x static (target >= 0.8x)"
     )
     print(json.dumps({key: round(value, 1) for key, value in results.items()}))
+    bench_pages(args.files)
+    if parse_size(args.large_size):
+        bench_large(parse_size(args.large_size))
+
+
+BENCH_CARD = """---
+library_name: hf-tts
+pipeline_tag: text-to-speech
+license: apache-2.0
+tags: [merge, f5-tts]
+base_model: [bench/card-small]
+---
+
+# bench/card
+
+A merge of two checkpoints.
+
+## Merge details
+
+| setting | value |
+|---|---|
+{rows}
+
+## Distance of each source from the merge
+
+![cosine distance per block](merge_distance.png)
+
+```python
+from transformers import AutoModel
+model = AutoModel.from_pretrained("bench/card")
+```
+"""
+
+
+def page_times(url: str, path: str, repeats: int = 200) -> tuple[float, float, float]:
+    """(first, median, 95th percentile) milliseconds to GET `path` completely, on one keep-alive connection."""
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    times = []
+    for _ in range(repeats + 1):
+        started = time.perf_counter()
+        connection.request("GET", path, headers={"Accept": "text/html", "Accept-Encoding": "gzip, deflate"})
+        response = connection.getresponse()
+        body = response.read()
+        times.append((time.perf_counter() - started) * 1000)
+        if response.status != 200 or b'id="model-card"' not in body:
+            raise SystemExit(f"GET {path}: HTTP {response.status}")
+    connection.close()
+    warm = sorted(times[1:])
+    return times[0], statistics.median(warm), warm[int(len(warm) * 0.95)]
+
+
+def bench_pages(files: int) -> None:
+    """The card page (markdown, badges, plot, sidebar) on a `files`-file repo and on a 10-file repo."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (800, 400), "white")
+    ImageDraw.Draw(image).line([(20, 380), (780, 20)], fill="navy", width=3)
+    plot = io.BytesIO()
+    image.save(plot, format="PNG")
+    card = BENCH_CARD.format(rows="\n".join(f"| setting {i} | `{i * 0.1:.1f}` |" for i in range(40))).encode()
+    card_files = {"README.md": card, "merge_distance.png": plot.getvalue()}
+    work = Path(tempfile.mkdtemp(prefix="bench-pages-"))
+    registry, url = start([sys.executable, "-m", "hf_tts.cli", "hub", "serve", "--root", str(work), "--quiet"])
+    try:
+        commit(url, "bench/card-small", {**card_files, **{f"f{i}.txt": b"x%d" % i for i in range(8)}})
+        commit(url, "bench/card-big", {**card_files, **{f"shard/{i:05d}.txt": b"x%d" % i for i in range(files - 2)}})
+        small = page_times(url, "/bench/card-small")
+        big = page_times(url, "/bench/card-big")
+    finally:
+        registry.terminate()
+        registry.wait(timeout=30)
+    print(
+        f"card page with a plot: {files} files first {big[0]:.1f} ms, then median {big[1]:.1f} ms "
+        f"(p95 {big[2]:.1f} ms); 10 files first {small[0]:.1f} ms, median {small[1]:.1f} ms "
+        f"(p95 {small[2]:.1f} ms) (target: < 50 ms)"
+    )
+    print(json.dumps({"card_page_20k_first_ms": round(big[0], 1), "card_page_20k_median_ms": round(big[1], 2),
+                      "card_page_20k_p95_ms": round(big[2], 2), "card_page_10_median_ms": round(small[1], 2)}))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -7,7 +7,10 @@
 4. load the merge back by repo id with `AutoModel.from_pretrained` and check it is 0.6 * a + 0.4 * b;
 5. synthesize a few seconds with the zero-shot text-to-speech pipeline loaded from the repo id into
    `demo_out/speech.wav`, and draw its mel spectrogram into `demo_out/mel.png`;
-6. print a summary (what was pushed where, timings, real-time factor) and stop the registry.
+6. upload the speech and its mel picture to the merged repo as samples, and screenshot the merged model's page in
+   the registry (headless Chromium) into `demo_out/registry.png`;
+7. print a summary (what was pushed where, timings, real-time factor) and stop the registry (with `--serve`, keep
+   it running until Ctrl-C, so the printed page URLs can be opened in a browser).
 
 The weights are random (no pretrained checkpoint is downloaded), so the audio is not intelligible speech: the demo
 shows the plumbing, which is the same for converted upstream checkpoints (`hf-tts convert f5 ...`).
@@ -16,8 +19,10 @@ shows the plumbing, which is the same for converted upstream checkpoints (`hf-tt
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -47,6 +52,35 @@ def start_registry(root: Path) -> tuple[subprocess.Popen, str]:
         process.kill()
         raise SystemExit(f"the registry did not start (exit code {process.wait()})")
     return process, url
+
+
+def screenshot(url: str, target: Path) -> str | None:
+    """A headless Chromium screenshot of `url` into `target`; None when it worked, else why it was skipped."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        return "chromium is not installed (`make chromium` installs it)"
+    with tempfile.TemporaryDirectory(prefix="hf_tts_chromium_") as profile:
+        result = subprocess.run(
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",  # the demo may run as root (containers); the page is our own registry's
+                "--disable-gpu",
+                "--hide-scrollbars",
+                "--no-first-run",
+                "--disable-background-networking",
+                f"--user-data-dir={profile}",
+                "--window-size=1280,1700",
+                f"--screenshot={target}",
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    if result.returncode != 0 or not target.exists():
+        return f"chromium failed (exit {result.returncode}): {result.stderr.strip()[-300:]}"
+    return None
 
 
 def shrunk_f5_config():
@@ -120,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(PROJECT_ROOT / "demo_out"), help="output folder (default: demo_out/)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--nfe-step", type=int, default=16, help="ODE steps of the sampler")
+    parser.add_argument(
+        "--serve", action="store_true", help="keep the registry running after the summary (Ctrl-C stops it)"
+    )
     args = parser.parse_args(argv)
     out = Path(args.out).absolute()
     out.mkdir(parents=True, exist_ok=True)
@@ -200,18 +237,38 @@ def main(argv: list[str] | None = None) -> int:
         mel = merged.mel_spec(torch.from_numpy(audio)[None])[0].numpy()
         plot_mel(mel, out / "mel.png", title=f"{merged_id}: {TEXT!r}")
 
+        step = time.perf_counter()
+        HfApi().upload_folder(
+            repo_id=merged_id,
+            folder_path=out,
+            path_in_repo="samples",
+            allow_patterns=["speech.wav", "mel.png"],
+            commit_message="Add a speech sample and its mel spectrogram",
+        )
+        page_url = f"{url}/{merged_id}"
+        skipped = screenshot(page_url, out / "registry.png")
+        timings["samples + page screenshot"] = time.perf_counter() - step
+
         print()
         print("summary")
-        print(f"  registry      {url} (stopped at exit; `hf-tts hub serve --root DIR` runs one for good)")
+        print(
+            f"  registry      {url} ({'kept running, see below' if args.serve else 'stopped at exit; --serve keeps it'})"
+        )
         print(f"  fine-tunes    {', '.join(repo_ids)}")
         print(f"  merge         {url}/{merged_id} (linear 0.6/0.4), one commit: {', '.join(merged_files)}")
         print(f"  speech        {out / 'speech.wav'}: {audio_seconds:.2f} s at {speech['sampling_rate']} Hz")
         print(f"  mel picture   {out / 'mel.png'}")
+        print(f"  model page    {page_url}  (files: {page_url}/tree/main, history: {page_url}/commits/main)")
+        print(f"  screenshot    {out / 'registry.png'}" if skipped is None else f"  screenshot    skipped: {skipped}")
         print(f"  real-time factor {synthesis_seconds / audio_seconds:.3f} (synthesis seconds / audio seconds, CPU)")
         for name, seconds in timings.items():
             print(f"  {name:<28}{seconds:7.2f} s")
         print(f"  {'total':<28}{time.perf_counter() - started:7.2f} s")
         print("  (random weights: the audio shows the pipeline, it is not intelligible speech)")
+        if args.serve:
+            print(f"\nserving {url} until Ctrl-C: open {page_url}", flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                signal.pause()
     finally:
         registry.terminate()
         registry.wait(timeout=30)

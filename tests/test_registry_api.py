@@ -141,12 +141,12 @@ def test_operations_apply_in_order_and_unchanged_files_make_no_commit(local_hub)
         "POST",
         "/api/models/org/ops/preupload/main",
         json.dumps(
-            {"files": [{"path": "a.txt", "sample": "", "size": 2}, {"path": "z.bin", "sample": "", "size": 1}]}
+            {"files": [{"path": "a.txt", "sample": "", "size": 2}, {"path": "z.txt", "sample": "", "size": 1}]}
         ).encode(),
         {"Content-Type": "application/json"},
     )
     files = {item["path"]: item for item in json.loads(data)["files"]}
-    assert files["a.txt"]["oid"] == git_sha1(b"a2") and files["z.bin"]["oid"] is None
+    assert files["a.txt"]["oid"] == git_sha1(b"a2") and files["z.txt"]["oid"] is None
     assert all(item["uploadMode"] == "regular" and item["shouldIgnore"] is False for item in files.values())
     # A .gitignore sent with the preupload marks matching files to ignore.
     response, data = request(
@@ -173,10 +173,10 @@ def test_operations_apply_in_order_and_unchanged_files_make_no_commit(local_hub)
 def test_etag_is_the_git_blob_sha1_so_hf_cache_verify_passes(local_hub, tmp_path):
     api = HfApi()
     api.create_repo("org/verify")
-    files = {"config.json": b'{"a": 1}', "sub/weights.bin": os.urandom(300_000), "empty.txt": b""}
+    files = {"config.json": b'{"a": 1}', "sub/weights.txt": os.urandom(300_000), "empty.txt": b""}
     api.create_commit("org/verify", [CommitOperationAdd(p, d) for p, d in files.items()], commit_message="files")
-    response, _ = request(local_hub, "HEAD", "/org/verify/resolve/main/sub/weights.bin")
-    assert response.getheader("ETag") == f'"{git_sha1(files["sub/weights.bin"])}"'
+    response, _ = request(local_hub, "HEAD", "/org/verify/resolve/main/sub/weights.txt")
+    assert response.getheader("ETag") == f'"{git_sha1(files["sub/weights.txt"])}"'
     tree = {entry.path: entry for entry in api.list_repo_tree("org/verify", recursive=True)}
     assert tree["config.json"].blob_id == git_sha1(files["config.json"])
     info = api.model_info("org/verify", files_metadata=True)

@@ -277,7 +277,7 @@ def test_the_old_tmp_and_dead_processes_uploads_are_cleaned_at_start(tmp_path):
 
 def test_a_chunked_commit_body_is_accepted(local_hub):
     HfApi().create_repo("org/chunked")
-    payload = ndjson({"key": "header", "value": {"summary": "chunked"}}, file_line("w.bin", b"w" * 100_000))
+    payload = ndjson({"key": "header", "value": {"summary": "chunked"}}, file_line("w.txt", b"w" * 100_000))
     pieces = (payload[start : start + 1000] for start in range(0, len(payload), 1000))
     host, port = local_hub.server_address[:2]
     connection = http.client.HTTPConnection(host, port, timeout=30)
@@ -287,7 +287,7 @@ def test_a_chunked_commit_body_is_accepted(local_hub):
     connection.close()
     assert response.status == 200
     assert head_of(HfApi(), "org/chunked") == answer["commitOid"]
-    assert snapshot(local_hub, "org/chunked") == {"w.bin": b"w" * 100_000}
+    assert snapshot(local_hub, "org/chunked") == {"w.txt": b"w" * 100_000}
 
 
 def test_a_stale_parent_commit_is_rejected(local_hub):
@@ -308,7 +308,7 @@ def concurrent_pushes(repo_id: str, parent_commit: str | None, count: int = 2) -
     results: list = [None] * count
 
     def push(index: int) -> None:
-        operations = [CommitOperationAdd(f"part{n}.bin", f"push {index} part {n} ".encode() * 20000) for n in range(3)]
+        operations = [CommitOperationAdd(f"part{n}.txt", f"push {index} part {n} ".encode() * 20000) for n in range(3)]
         barrier.wait()
         try:
             results[index] = HfApi().create_commit(
@@ -340,19 +340,19 @@ def test_concurrent_pushes_land_whole_or_are_cleanly_rejected(local_hub, with_pa
         history = [commit.commit_id for commit in api.list_repo_commits("org/race")]
         assert set(history[:2]) == {commit.oid for commit in landed} and history[2] == base
     files = snapshot(local_hub, "org/race")
-    assert set(files) == {"part0.bin", "part1.bin", "part2.bin"}
+    assert set(files) == {"part0.txt", "part1.txt", "part2.txt"}
     assert len({content.split(b" ")[1] for content in files.values()}) == 1  # one push's files, never a mix
 
 
 def test_an_upload_cut_off_midway_leaves_the_previous_revision(local_hub):
     api = HfApi()
     api.create_repo("org/cut")
-    before = api.upload_file(path_or_fileobj=b"stable", path_in_repo="weights.bin", repo_id="org/cut").oid
+    before = api.upload_file(path_or_fileobj=b"stable", path_in_repo="weights.txt", repo_id="org/cut").oid
     blobs_before = sorted(path.name for path in local_hub.store.blobs.iter_blobs())
     payload = ndjson(
         {"key": "header", "value": {"summary": "doomed"}},
         file_line("config.json", b"{}"),
-        file_line("weights.bin", b"x" * 3_000_000),
+        file_line("weights.txt", b"x" * 3_000_000),
     )
     host, port = local_hub.server_address[:2]
     staging = local_hub.store.tmp
@@ -371,13 +371,13 @@ def test_an_upload_cut_off_midway_leaves_the_previous_revision(local_hub):
         time.sleep(0.01)
     assert list(staging.iterdir()) == []
     assert head_of(api, "org/cut") == before
-    assert snapshot(local_hub, "org/cut") == {"weights.bin": b"stable"}
+    assert snapshot(local_hub, "org/cut") == {"weights.txt": b"stable"}
     assert sorted(path.name for path in local_hub.store.blobs.iter_blobs()) == blobs_before
 
 
 def test_a_commit_refused_mid_body_does_not_leak_into_the_next_request(local_hub):
     HfApi().create_repo("org/keepalive")
-    bad = {"key": "file", "value": {"content": "!!!!" + "A" * 3_000_000, "path": "w.bin", "encoding": "base64"}}
+    bad = {"key": "file", "value": {"content": "!!!!" + "A" * 3_000_000, "path": "w.txt", "encoding": "base64"}}
     payload = ndjson({"key": "header", "value": {"summary": "bad"}}, bad)
     requests = (
         "POST /api/models/org/keepalive/commit/main HTTP/1.1\r\n"

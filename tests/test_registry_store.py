@@ -164,8 +164,8 @@ def test_commit_parser_refuses_garbage_cleanly(tmp_path_factory, body):
 def test_commit_parser_limits(tmp_path):
     with pytest.raises(RegistryError, match="not valid base64"):
         parse_commit_stream(iter([ndjson({"key": "file", "value": {"content": "@@@@", "path": "a"}})]), tmp_path)
-    with pytest.raises(RegistryError, match="LFS uploads are not supported"):
-        parse_commit_stream(iter([ndjson({"key": "lfsFile", "value": {"path": "a", "oid": "0" * 64}})]), tmp_path)
+    with pytest.raises(RegistryError, match="'oid' must be a sha256"):
+        parse_commit_stream(iter([ndjson({"key": "lfsFile", "value": {"path": "a", "oid": "xyz"}})]), tmp_path)
     with pytest.raises(RegistryError) as too_big:
         parse_commit_stream(iter([ndjson(file_line("a", b"x" * 5000))]), tmp_path, max_upload_bytes=4000)
     assert too_big.value.status == 413
@@ -183,9 +183,9 @@ def test_gc_reclaims_unreferenced_commits_and_blobs_but_not_young_ones(local_hub
     api = HfApi()
     api.create_repo("org/gc")
     for index in range(3):
-        api.upload_file(path_or_fileobj=f"old {index}".encode(), path_in_repo="w.bin", repo_id="org/gc")
+        api.upload_file(path_or_fileobj=f"old {index}".encode(), path_in_repo="w.txt", repo_id="org/gc")
     api.create_repo("org/doomed")
-    api.upload_file(path_or_fileobj=b"doomed body", path_in_repo="d.bin", repo_id="org/doomed")
+    api.upload_file(path_or_fileobj=b"doomed body", path_in_repo="d.txt", repo_id="org/doomed")
     api.super_squash_history("org/gc")
     api.delete_repo("org/doomed")
     store = local_hub.store
@@ -201,7 +201,7 @@ def test_gc_reclaims_unreferenced_commits_and_blobs_but_not_young_ones(local_hub
     report = capsys.readouterr().out
     assert "removed" in report and "3 blobs" in report
     assert {path.name for path in store.blobs.iter_blobs()} == {hashlib.sha256(b"old 2").hexdigest()}
-    assert Path(hf_hub_download("org/gc", "w.bin")).read_bytes() == b"old 2"
+    assert Path(hf_hub_download("org/gc", "w.txt")).read_bytes() == b"old 2"
     assert len(api.list_repo_commits("org/gc")) == 1
 
 

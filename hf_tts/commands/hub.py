@@ -1,7 +1,8 @@
 """`hf-tts hub ...`: the Hub-compatible model registry (see `hf_tts/registry/`).
 
 - `serve`: run it (uvicorn); the first stdout line is its URL.
-- `gc`: reclaim commits no ref reaches and blobs no commit references.
+- `gc`: reclaim commits no ref reaches, blobs no commit references, and large-file uploads (LFS objects, Xet files
+  and xorbs) nothing commits.
 - `user` / `org` / `token`: accounts and access tokens, written straight into the registry's database (the
   server need not run; a running one sees the change on its next request).
 """
@@ -76,7 +77,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-upload-mb", type=_positive_int, default=65536, help="largest commit body, in MiB")
     serve.set_defaults(func=_serve)
 
-    gc = actions.add_parser("gc", help="reclaim unreferenced commits and blobs")
+    gc = actions.add_parser("gc", help="reclaim unreferenced commits, blobs and large-file uploads")
     _location(gc)
     gc.add_argument(
         "--grace-seconds",
@@ -248,8 +249,9 @@ def _gc(args: argparse.Namespace) -> int:
         store.close()
     verb = "would remove" if args.dry_run else "removed"
     print(
-        f"{verb} {report['commits']} unreachable commits and {report['blobs']} blobs ({report['bytes']} bytes); "
-        f"cleaned {report['staging']} stale upload folders"
+        f"{verb} {report['commits']} unreachable commits, {report['blobs']} blobs, {report['xorbs']} xorbs, "
+        f"{report['xet_files']} Xet files and {report['uploads']} uncommitted large-file uploads "
+        f"({report['bytes']} bytes); cleaned {report['staging']} stale upload folders"
     )
     return 0
 

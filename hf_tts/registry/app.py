@@ -31,11 +31,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from hf_tts.registry import web
 from hf_tts.registry.auth import AccessPolicy, Auth, Principal
-from hf_tts.registry.cards import card_tags, front_matter, read_card
+from hf_tts.registry.cards import card_tags, front_matter
 from hf_tts.registry.commit_stream import MAX_LINE_BYTES, parse_commit_stream
 from hf_tts.registry.errors import RegistryError, validate_repo_id, validate_repo_path, validate_repo_type
-from hf_tts.registry.store import LRU, Commit, Entry, Repo, Store, Tree
+from hf_tts.registry.store import LRU, Commit, Entry, Repo, Store, Tree, is_large_file, lfs_pointer
 
 logger = logging.getLogger("hf_tts.registry")
 
@@ -56,6 +57,7 @@ class AppSettings:
     max_line_bytes: int = MAX_LINE_BYTES
     max_json_bytes: int = 8 << 20
     body_timeout: float = 60.0  # seconds a request body may stall between two pieces
+    xet_token_ttl: float = 900.0  # seconds a Xet CAS token lives (clients refresh it)
 
 
 class Registry:
@@ -68,6 +70,11 @@ class Registry:
         self.cards = LRU(256)  # commit id -> README metadata at that commit
         self.infos = LRU(64)  # (commit, repo state, blobs) -> the model_info / dataset_info answer
         self.folder_oids = LRU(4096)  # (commit id, folder) -> tree oid
+        from hf_tts.registry.lfs import GitLfs
+        from hf_tts.registry.xet import XetCas
+
+        self.cas = XetCas(store, settings.xet_token_ttl)
+        self.lfs = GitLfs(store, self.cas, settings.max_upload_bytes)
 
     def url(self, repo: Repo | None = None, *parts: str) -> str:
         base = self.settings.public_url.rstrip("/")
@@ -80,7 +87,7 @@ class Registry:
         cached = self.cards.get(commit.id)
         if cached is None:
             entry = self.store.entry(commit, "README.md")
-            cached = read_card(self.store.blobs.path(entry.sha256)) if entry is not None else {}
+            cached = self.store.entry_card(entry)
             self.cards.put(commit.id, cached)
         return cached
 
@@ -542,6 +549,10 @@ def _repo_info_body(registry: Registry, repo: Repo, commit: Commit, blobs: bool)
         siblings = [
             {"rfilename": path, "size": tree.files[path].size, "blobId": tree.files[path].sha1} for path in tree.paths
         ]
+        for sibling in siblings:
+            entry = tree.files[sibling["rfilename"]]
+            if entry.lfs:
+                sibling["lfs"] = {"sha256": entry.sha256, "size": entry.size, "pointerSize": _pointer_size(entry)}
     else:
         siblings = [{"rfilename": path} for path in tree.paths]
     info["siblings"] = siblings
@@ -601,10 +612,18 @@ def _last_commit(registry: Registry, commit_id: int) -> dict:
 
 def _file_item(registry: Registry, path: str, entry: Entry, expand: bool) -> dict:
     item: dict[str, Any] = {"type": "file", "oid": entry.sha1, "size": entry.size, "path": path}
+    if entry.lfs:  # as the Hub lists large files: the pointer's git id as oid, the content in `lfs`
+        item["lfs"] = {"oid": entry.sha256, "size": entry.size, "pointerSize": _pointer_size(entry)}
+        if entry.xet_hash is not None:
+            item["xetHash"] = entry.xet_hash
     if expand:
         item["lastCommit"] = _last_commit(registry, entry.changed_in)
         item["securityFileStatus"] = {"status": "unscanned", "avScan": None, "pickleImportScan": None}
     return item
+
+
+def _pointer_size(entry: Entry) -> int:
+    return len(lfs_pointer(entry.sha256, entry.size))
 
 
 def _folder_item(registry: Registry, commit: Commit, tree: Tree, path: str, expand: bool) -> dict:
@@ -759,14 +778,11 @@ async def preupload(request: Request) -> Response:
         for item in files:
             path = validate_repo_path(_field(item, "path", str, required=True))
             entry = registry.store.entry(commit, path)
-            answer.append(
-                {
-                    "path": path,
-                    "uploadMode": "regular",
-                    "shouldIgnore": ignored(path),
-                    "oid": entry.sha1 if entry else None,
-                }
-            )
+            size = item.get("size")
+            mode = "lfs" if is_large_file(path, size if isinstance(size, int) else 0) else "regular"
+            # The client skips unchanged files by comparing this oid: sha256 for large files, git sha1 otherwise.
+            oid = (entry.sha256 if mode == "lfs" else entry.sha1) if entry else None
+            answer.append({"path": path, "uploadMode": mode, "shouldIgnore": ignored(path), "oid": oid})
         return _json({"files": answer, "commitOid": commit.oid})
 
     return await run_in_threadpool(work)
@@ -1008,8 +1024,10 @@ async def resolve(request: Request) -> Response:
     target, entry = await run_in_threadpool(work)
     if entry is None:
         raise RegistryError(404, f"{path} not found at {revision}", "EntryNotFound", {"X-Repo-Commit": target.oid})
-    etag = f'"{entry.sha1}"'
+    etag = f'"{entry.sha256 if entry.lfs else entry.sha1}"'
     headers = {"ETag": etag, "X-Repo-Commit": target.oid, "Accept-Ranges": "bytes", "Cache-Control": "no-cache"}
+    if entry.lfs:
+        headers.update(large_file_headers(registry, repo_type, repo_id, target.oid, entry))
     if revision == target.oid:
         headers["Cache-Control"] = "public, max-age=31536000, immutable"  # a commit's content never changes
     if_none_match = request.headers.get("if-none-match")
@@ -1029,6 +1047,8 @@ async def resolve(request: Request) -> Response:
             start, end = byte_range
             length, status = end - start + 1, 206
             headers["Content-Range"] = f"bytes {start}-{end}/{entry.size}"
+    if entry.xet_hash is not None:
+        return xet_file_response(registry, entry, start, length, status, headers, head=request.method == "HEAD")
     blob = str(registry.store.blobs.path(entry.sha256))
     return BlobResponse(blob, start, length, status, headers, head=request.method == "HEAD")
 
@@ -1059,8 +1079,15 @@ async def internal_error(request: Request, error: Exception) -> Response:
     return _json({"error": "internal registry error (see the registry's log)"}, 500)
 
 
+from hf_tts.registry.large_file_routes import (  # noqa: E402  (its handlers use the helpers above)
+    LARGE_FILE_ROUTES,
+    large_file_headers,
+    xet_file_response,
+)
+
 _REPO = "/api/{kind}/{namespace}/{name}"
 ROUTES = [
+    *LARGE_FILE_ROUTES,
     Route("/api/whoami-v2", whoami, methods=["GET"]),
     Route("/api/validate-yaml", validate_yaml, methods=["POST"]),
     Route("/api/repos/create", create_repo, methods=["POST"]),
@@ -1086,6 +1113,7 @@ ROUTES = [
     Route("/datasets/{namespace}/{name}/resolve/{rev}/{path:path}", resolve, methods=["GET", "HEAD"]),
     Route("/datasets/{namespace}/{name}/commit/{oid}", commit_page, methods=["GET"]),
     Route("/datasets/{namespace}/{name}/discussions/{num}", pull_page, methods=["GET"]),
+    *web.ROUTES,  # pages: after every /api and /datasets route; `/{repo}/commit/{sha}` answers browsers with HTML
     Route("/{namespace}/{name}/resolve/{rev}/{path:path}", resolve, methods=["GET", "HEAD"]),
     Route("/{namespace}/{name}/commit/{oid}", commit_page, methods=["GET"]),
     Route("/{namespace}/{name}/discussions/{num}", pull_page, methods=["GET"]),
@@ -1114,6 +1142,7 @@ def create_app(store: Store, policy: AccessPolicy, settings: AppSettings) -> Cal
         exception_handlers={RegistryError: registry_error, HTTPException: not_found, Exception: internal_error},
     )
     app.state.registry = Registry(store, policy, settings)
+    app.add_middleware(web.SecurityHeaders)  # CSP (no script anywhere) and nosniff on every answer
     return _RawPathApp(app)
 
 

@@ -20,11 +20,12 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from hf_tts.registry.errors import RegistryError, looks_like_commit_id, validate_repo_path
 
 _CONTENT_KEY = re.compile(rb'"content"\s*:\s*"')
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 MAX_LINE_BYTES = 1 << 20  # a commit line without its file content: paths, messages
 _HASH_CHUNK = 1 << 20
 
@@ -46,6 +47,9 @@ class Operation:
     path: str
     staged: StagedFile | None = None
     is_folder: bool = False
+    lfs_oid: str | None = None  # an `lfsFile` line: the sha256 of content uploaded beforehand
+    lfs_size: int | None = None
+    entry: Any = None  # the store's Entry for an lfsFile, once resolved against the repo's uploads
 
 
 @dataclass
@@ -237,6 +241,13 @@ def _apply_line(request: CommitRequest, key: str, value: dict, files: list[Stage
             Operation("delete", validate_repo_path(path.rstrip("/") if is_folder else path), None, is_folder)
         )
     elif key == "lfsFile":
-        raise RegistryError(400, "LFS uploads are not supported: this registry answers 'regular' to every preupload")
+        path = validate_repo_path(_string(value, "path"))
+        oid = value.get("oid")
+        if value.get("algo", "sha256") != "sha256" or not (isinstance(oid, str) and _SHA256.fullmatch(oid)):
+            raise RegistryError(400, f"lfsFile {path!r}: 'oid' must be a sha256 (64 lowercase hex digits), got {oid!r}")
+        size = value.get("size")
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+            raise RegistryError(400, f"lfsFile {path!r}: 'size' must be a non-negative integer, got {size!r}")
+        request.operations.append(Operation("add", path, lfs_oid=oid, lfs_size=size))
     else:
         raise RegistryError(400, f"unsupported commit operation {key!r}")

@@ -9,6 +9,14 @@ Git-like objects:
   which bounds both lookups (a (commit, path) probe reads at most `MAX_CHAIN` index entries) and storage.
 - `refs`: branches, tags and pull-request refs, updated with compare-and-swap on the previous target inside a
   transaction, so concurrent processes never lose an acknowledged commit.
+
+Large files (Git LFS and Xet):
+- an entry with `lfs` set is a large file: `sha256` is its content, `sha1` the git id of its LFS pointer, and
+  `xet_hash` (when uploaded through Xet) the Xet file it is rebuilt from; its bytes are a blob (LFS) or xorbs (Xet);
+- `repo_objects`: the large contents a repo may commit (uploaded to it through LFS or a Xet shard): an `lfsFile`
+  line naming anything else is refused, so a sha256 alone never grants access to another repo's bytes;
+- `xorbs`: received xorbs, each verified against its hash, with the index of its chunks; `xet_files`: registered
+  file reconstructions (terms); `dedupe_chunks`: the chunks the global dedupe query can find, and their xorb.
 """
 
 from __future__ import annotations
@@ -18,10 +26,13 @@ from sqlalchemy import (
     Boolean,
     Column,
     Engine,
+    Float,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
@@ -30,7 +41,7 @@ from sqlalchemy import (
     event,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: large files (entries.lfs, entries.xet_hash and the tables below)
 MAX_CHAIN = 32
 
 metadata = MetaData()
@@ -116,7 +127,48 @@ entries = Table(
     Column("sha1", String(40), nullable=True),
     Column("size", BigInteger, nullable=True),
     Column("changed_in", BigInteger().with_variant(Integer, "sqlite"), nullable=True),  # commit that last changed it
+    Column("lfs", Boolean, nullable=True),  # NULL/false: a regular (inline) file
+    Column("xet_hash", String(64), nullable=True),
     Index("ix_entries_sha256", "sha256"),
+)
+
+repo_objects = Table(
+    "repo_objects",
+    metadata,
+    Column("repo_id", Integer, ForeignKey("repos.id", ondelete="CASCADE"), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("xet_hash", String(64), nullable=True),  # NULL: the bytes are a blob (LFS upload)
+    Column("created_at", Float, nullable=False),  # unix time: gc keeps young, uncommitted uploads
+    PrimaryKeyConstraint("repo_id", "sha256"),
+)
+
+xorbs = Table(
+    "xorbs",
+    metadata,
+    Column("hash", String(64), primary_key=True),
+    Column("size", BigInteger, nullable=False),  # bytes stored
+    Column("num_chunks", Integer, nullable=False),
+    Column("chunk_index", LargeBinary, nullable=False),  # xet_format.XorbIndex.to_bytes()
+    Column("created_at", Float, nullable=False),
+)
+
+xet_files = Table(
+    "xet_files",
+    metadata,
+    Column("hash", String(64), primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("terms", Text, nullable=False),  # JSON [[xorb, start, end, unpacked], ...]
+    Column("created_at", Float, nullable=False),
+)
+
+dedupe_chunks = Table(
+    "dedupe_chunks",
+    metadata,
+    Column("chunk_hash", String(64), primary_key=True),
+    Column("xorb_hash", String(64), nullable=False),
+    Index("ix_dedupe_chunks_xorb", "xorb_hash"),
 )
 
 refs = Table(

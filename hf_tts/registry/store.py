@@ -16,7 +16,9 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import secrets
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -51,9 +53,77 @@ def now_iso() -> str:
 @dataclass(frozen=True)
 class Entry:
     sha256: str
-    sha1: str
+    sha1: str  # git blob id: of the content (regular files) or of the LFS pointer (large files)
     size: int
     changed_in: int  # id of the commit that last changed this path
+    lfs: bool = False  # a large file (uploaded through LFS or Xet), served by sha256
+    xet_hash: str | None = None  # the Xet file it is rebuilt from (None: a blob)
+
+
+LARGE_FILE_BYTES = 10 << 20
+# What the Hub's default .gitattributes sends to LFS whatever their size: weights, arrays, archives, audio.
+LARGE_FILE_SUFFIXES = frozenset(
+    [
+        ".7z",
+        ".arrow",
+        ".bin",
+        ".bz2",
+        ".ckpt",
+        ".ftz",
+        ".gguf",
+        ".gz",
+        ".h5",
+        ".joblib",
+        ".mlmodel",
+        ".model",
+        ".msgpack",
+        ".npy",
+        ".npz",
+        ".onnx",
+        ".ot",
+        ".parquet",
+        ".pb",
+        ".pickle",
+        ".pkl",
+        ".pt",
+        ".pth",
+        ".rar",
+        ".safetensors",
+        ".tar",
+        ".tflite",
+        ".tgz",
+        ".wasm",
+        ".xz",
+        ".zip",
+        ".zst",
+        ".wav",
+        ".mp3",
+        ".flac",
+        ".ogg",
+        ".opus",
+        ".m4a",
+        ".webm",
+        ".mp4",
+    ]
+)
+
+
+def is_large_file(path: str, size: int) -> bool:
+    """Whether the Hub would have this file uploaded as a large file (preupload answers "lfs"): over 10 MiB, or a
+    binary weight/array/audio format (empty files stay regular: the client sends those inline anyway)."""
+    suffix = path[path.rfind(".") :].lower() if "." in path.rsplit("/", 1)[-1] else ""
+    return size > LARGE_FILE_BYTES or (size > 0 and suffix in LARGE_FILE_SUFFIXES)
+
+
+def lfs_pointer(sha256: str, size: int) -> bytes:
+    """The git LFS pointer of a large file (what git stores; its git id is the tree `oid` the Hub reports)."""
+    return f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n".encode()
+
+
+def large_entry(sha256: str, size: int, xet_hash: str | None, changed_in: int = 0) -> Entry:
+    pointer = lfs_pointer(sha256, size)
+    sha1 = hashlib.sha1(b"blob %d\0" % len(pointer) + pointer).hexdigest()
+    return Entry(sha256, sha1, size, changed_in, True, xet_hash)
 
 
 @dataclass(frozen=True)
@@ -172,6 +242,10 @@ def _commit_from_row(row: Any) -> Commit:
     )
 
 
+def _entry_from_row(row: Any) -> Entry:
+    return Entry(row.sha256, row.sha1, row.size, row.changed_in, bool(row.lfs), row.xet_hash)
+
+
 def parse_revision(revision: str) -> tuple[str | None, str]:
     """`refs/heads/x` -> ("branch", x), `refs/tags/x` -> ("tag", x), `refs/pr/N` -> ("pr", N), else (None, rev)."""
     for prefix, kind in (("refs/heads/", "branch"), ("refs/tags/", "tag"), ("refs/pr/", "pr")):
@@ -279,6 +353,15 @@ class Store:
                 conn.execute(insert(db.settings).values(key="schema_version", value=str(db.SCHEMA_VERSION)))
             elif int(version) > db.SCHEMA_VERSION:
                 raise RuntimeError(f"the registry database has schema {version}; this hf_tts knows {db.SCHEMA_VERSION}")
+            elif int(version) < 2:
+                # 1 -> 2: entries learn which files are large (the new tables came with create_all above).
+                conn.execute(text("ALTER TABLE entries ADD COLUMN lfs BOOLEAN"))
+                conn.execute(text("ALTER TABLE entries ADD COLUMN xet_hash VARCHAR(64)"))
+                self.set_setting(conn, "schema_version", str(db.SCHEMA_VERSION))
+            if self.get_setting(conn, "signing_secret") is None:
+                # Signs Xet tokens and upload/download URLs; in the database, so every registry process agrees.
+                self.set_setting(conn, "signing_secret", secrets.token_hex(32))
+            self.signing_secret = bytes.fromhex(self.get_setting(conn, "signing_secret") or "")
 
     def get_setting(self, conn: Connection, key: str) -> str | None:
         return conn.execute(select(db.settings.c.value).where(db.settings.c.key == key)).scalar()
@@ -472,6 +555,8 @@ class Store:
                 db.entries.c.sha1,
                 db.entries.c.size,
                 db.entries.c.changed_in,
+                db.entries.c.lfs,
+                db.entries.c.xet_hash,
             ).where(db.entries.c.commit_id.in_(commit.chain))
         ).fetchall()
         rows.sort(key=lambda row: position[row.commit_id], reverse=True)  # oldest layer first, newest wins
@@ -480,7 +565,7 @@ class Store:
             if row.sha256 is None:
                 files.pop(row.path, None)
             else:
-                files[row.path] = Entry(row.sha256, row.sha1, row.size, row.changed_in)
+                files[row.path] = _entry_from_row(row)
         tree = Tree(files)
         self._trees.put(commit.id, tree)
         return tree
@@ -502,7 +587,7 @@ class Store:
             if rows:
                 row = min(rows, key=lambda row: position[row.commit_id])
                 if row.sha256 is not None:
-                    found = Entry(row.sha256, row.sha1, row.size, row.changed_in)
+                    found = _entry_from_row(row)
         self._entries.put(key, found or False)
         return found
 
@@ -583,13 +668,24 @@ class Store:
                         sha1=entry.sha1,
                         size=entry.size,
                         changed_in=changed_in,
+                        lfs=entry.lfs,
+                        xet_hash=entry.xet_hash,
                     )
                 )
         else:
             for path, entry in changed.items():
                 if entry is None:
                     rows.append(
-                        dict(commit_id=commit_id, path=path, sha256=None, sha1=None, size=None, changed_in=None)
+                        dict(
+                            commit_id=commit_id,
+                            path=path,
+                            sha256=None,
+                            sha1=None,
+                            size=None,
+                            changed_in=None,
+                            lfs=None,
+                            xet_hash=None,
+                        )
                     )
                 else:
                     rows.append(
@@ -600,6 +696,8 @@ class Store:
                             sha1=entry.sha1,
                             size=entry.size,
                             changed_in=commit_id,
+                            lfs=entry.lfs,
+                            xet_hash=entry.xet_hash,
                         )
                     )
         for start in range(0, len(rows), 5000):
@@ -608,7 +706,7 @@ class Store:
             commit_id, repo_pk, oid, parent.id if parent else None, chain, author, summary, description, created_at
         )
         final = {
-            path: Entry(e.sha256, e.sha1, e.size, commit_id if path in changed else e.changed_in)
+            path: Entry(e.sha256, e.sha1, e.size, commit_id if path in changed else e.changed_in, e.lfs, e.xet_hash)
             for path, e in files.items()
         }
         conn.info["registry_new_commits"].append((commit, Tree(final)))
@@ -628,6 +726,7 @@ class Store:
         """Apply a parsed commit on `revision` (a branch, or a PR ref; with `create_pr` any revision, as the base of
         a new pull request). Returns (the new head, the PR number or None). Nothing changes -> no new commit: the
         current head is returned."""
+        self._resolve_large_files(repo, request)
         for operation in request.operations:
             if operation.staged is not None:
                 self.blobs.put(operation.staged)
@@ -645,11 +744,68 @@ class Store:
                 self.blobs.ensure(operation.staged)
         return result
 
+    def _resolve_large_files(self, repo: Repo, request: CommitRequest) -> None:
+        """Each `lfsFile` line must name content uploaded to this repo (LFS batch or Xet shard), with its size: an
+        unknown oid is refused before anything is written."""
+        wanted = [operation for operation in request.operations if operation.lfs_oid is not None]
+        if not wanted:
+            return
+        with self.read() as conn:
+            for operation in wanted:
+                found = self.large_file(repo.id, operation.lfs_oid or "", conn)
+                if found is None:
+                    raise RegistryError(
+                        400,
+                        f"lfsFile {operation.path!r}: content sha256:{operation.lfs_oid} was never uploaded to "
+                        f"{repo.repo_id}; upload it first (Xet or the LFS batch API), then commit",
+                    )
+                size, xet_hash = found
+                if operation.lfs_size is not None and operation.lfs_size != size:
+                    raise RegistryError(
+                        400,
+                        f"lfsFile {operation.path!r}: size {operation.lfs_size} does not match the uploaded content "
+                        f"sha256:{operation.lfs_oid} ({size} bytes)",
+                    )
+                operation.entry = large_entry(operation.lfs_oid or "", size, xet_hash)
+
+    # --- large files (the commit side; the upload protocols live in lfs.py and xet.py) ---------------------------
+
+    def large_file(self, repo_pk: int, sha256: str, conn: Connection | None = None) -> tuple[int, str | None] | None:
+        """(size, xet hash or None) of large content uploaded to the repo, or None."""
+        if conn is None:
+            with self.read() as conn:
+                return self.large_file(repo_pk, sha256, conn)
+        row = conn.execute(
+            select(db.repo_objects.c.size, db.repo_objects.c.xet_hash).where(
+                db.repo_objects.c.repo_id == repo_pk, db.repo_objects.c.sha256 == sha256
+            )
+        ).first()
+        return (int(row.size), row.xet_hash) if row is not None else None
+
+    def link_large_file(self, conn: Connection, repo_pk: int, sha256: str, size: int, xet_hash: str | None) -> None:
+        """Let the repo commit this content (after its upload was verified); a re-upload refreshes the grace time."""
+        values = dict(size=size, xet_hash=xet_hash, created_at=time.time())
+        updated = conn.execute(
+            update(db.repo_objects)
+            .where(db.repo_objects.c.repo_id == repo_pk, db.repo_objects.c.sha256 == sha256)
+            .values(**values)
+        ).rowcount
+        if not updated:
+            conn.execute(insert(db.repo_objects).values(repo_id=repo_pk, sha256=sha256, **values))
+
+    def entry_card(self, entry: Entry | None) -> dict:
+        """README metadata of a file entry ({} when it is a large file: a card is never rebuilt from xorbs)."""
+        if entry is None or entry.xet_hash is not None:
+            return {}
+        return read_card(self.blobs.path(entry.sha256))
+
     def _card_of_request(self, request: CommitRequest) -> dict | None:
         """The README metadata this commit sets (None: the commit leaves README.md alone)."""
         card: dict | None = None
         for operation in request.operations:
-            if operation.path == "README.md" and operation.kind == "add" and operation.staged is not None:
+            if operation.path == "README.md" and operation.kind == "add" and operation.entry is not None:
+                card = self.entry_card(operation.entry)
+            elif operation.path == "README.md" and operation.kind == "add" and operation.staged is not None:
                 card = read_card(self.blobs.path(operation.staged.sha256))
             elif operation.kind == "delete" and operation.path == "README.md":
                 card = {}
@@ -897,9 +1053,7 @@ class Store:
                     values: dict[str, Any] = {"last_modified": commit.created_at}
                     if row.target_branch == DEFAULT_BRANCH and "README.md" in changed:
                         entry = files.get("README.md")
-                        values["card"] = json.dumps(
-                            read_card(self.blobs.path(entry.sha256)) if entry else {}, default=str
-                        )
+                        values["card"] = json.dumps(self.entry_card(entry), default=str)
                     conn.execute(update(db.repos).where(db.repos.c.id == repo.id).values(**values))
                 return commit
             except _Retry:
@@ -928,14 +1082,87 @@ class Store:
                     batch = doomed[start : start + 500]
                     conn.execute(delete(db.entries).where(db.entries.c.commit_id.in_(batch)))
                     conn.execute(delete(db.commits).where(db.commits.c.id.in_(batch)))
+        large = self._gc_large_files(time.time() - grace_seconds, dry_run)
         with self.read() as conn:
             referenced = {
                 row[0]
                 for row in conn.execute(select(db.entries.c.sha256).where(db.entries.c.sha256.is_not(None)).distinct())
             }
+            referenced |= {row[0] for row in conn.execute(select(db.repo_objects.c.sha256).distinct())}
         blobs, reclaimed = self.blobs.gc(referenced, grace_seconds, dry_run=dry_run)
         staging = 0 if dry_run else self.blobs.clean_stale_staging()
-        return {"commits": removed_commits, "blobs": blobs, "bytes": reclaimed, "staging": staging}
+        return {
+            "commits": removed_commits,
+            "blobs": blobs,
+            "bytes": reclaimed + large.pop("xorb_bytes"),
+            "staging": staging,
+            **large,
+        }
+
+    def _gc_large_files(self, cutoff: float, dry_run: bool) -> dict[str, int]:
+        """Uploads no commit of their repo references (LFS objects, Xet files registered by a shard, then never
+        committed, or left behind by deleted commits), Xet files no repo may commit any more, and xorbs no Xet file
+        uses; each only when older than `cutoff`, so an upload in flight keeps what it sent."""
+        with self.write() as conn:
+            committed = {
+                (row.repo_id, row.sha256)
+                for row in conn.execute(
+                    select(db.commits.c.repo_id, db.entries.c.sha256)
+                    .join(db.entries, db.entries.c.commit_id == db.commits.c.id)
+                    .where(db.entries.c.lfs.is_(True))
+                    .distinct()
+                )
+            }
+            orphans = [
+                (row.repo_id, row.sha256)
+                for row in conn.execute(select(db.repo_objects).where(db.repo_objects.c.created_at < cutoff))
+                if (row.repo_id, row.sha256) not in committed
+            ]
+            if not dry_run:
+                for repo_pk, sha256 in orphans:
+                    conn.execute(
+                        delete(db.repo_objects).where(
+                            db.repo_objects.c.repo_id == repo_pk, db.repo_objects.c.sha256 == sha256
+                        )
+                    )
+            orphan_set = set(orphans)
+            live_files = {
+                row.xet_hash
+                for row in conn.execute(select(db.repo_objects).where(db.repo_objects.c.xet_hash.is_not(None)))
+                if (row.repo_id, row.sha256) not in orphan_set
+            }
+            live_files |= {
+                row[0] for row in conn.execute(select(db.entries.c.xet_hash).where(db.entries.c.xet_hash.is_not(None)))
+            }
+            live_xorbs: set[str] = set()
+            dead_files = []
+            for row in conn.execute(select(db.xet_files.c.hash, db.xet_files.c.terms, db.xet_files.c.created_at)):
+                if row.hash in live_files or row.created_at >= cutoff:
+                    live_xorbs.update(term[0] for term in json.loads(row.terms))
+                else:
+                    dead_files.append(row.hash)
+            dead_xorbs = [
+                (row.hash, row.size)
+                for row in conn.execute(select(db.xorbs.c.hash, db.xorbs.c.size, db.xorbs.c.created_at))
+                if row.hash not in live_xorbs and row.created_at < cutoff
+            ]
+            if not dry_run:
+                for start in range(0, len(dead_files), 500):
+                    conn.execute(delete(db.xet_files).where(db.xet_files.c.hash.in_(dead_files[start : start + 500])))
+                names = [name for name, _ in dead_xorbs]
+                for start in range(0, len(names), 500):
+                    batch = names[start : start + 500]
+                    conn.execute(delete(db.dedupe_chunks).where(db.dedupe_chunks.c.xorb_hash.in_(batch)))
+                    conn.execute(delete(db.xorbs).where(db.xorbs.c.hash.in_(batch)))
+        if not dry_run:  # files after the rows: a row never points at a missing file
+            for name, _ in dead_xorbs:
+                (self.root / "xorbs" / name[:2] / name).unlink(missing_ok=True)
+        return {
+            "uploads": len(orphans),
+            "xet_files": len(dead_files),
+            "xorbs": len(dead_xorbs),
+            "xorb_bytes": sum(size for _, size in dead_xorbs),
+        }
 
 
 def _same_content(left: Entry | None, right: Entry | None) -> bool:
@@ -970,8 +1197,11 @@ def apply_operations(
     for operation in operations:
         if operation.kind == "add":
             staged = operation.staged
-            assert staged is not None
-            files[operation.path] = Entry(staged.sha256, staged.sha1, staged.size, 0)
+            if operation.entry is not None:  # an lfsFile line, resolved against the repo's uploads
+                files[operation.path] = operation.entry
+            else:
+                assert staged is not None
+                files[operation.path] = Entry(staged.sha256, staged.sha1, staged.size, 0)
             touched.add(operation.path)
             added.add(operation.path)
             continue
@@ -1004,4 +1234,16 @@ def apply_operations(
     return files, changed
 
 
-__all__ = ["Commit", "Entry", "Repo", "Store", "Tree", "apply_operations", "now_iso", "parse_revision"]
+__all__ = [
+    "Commit",
+    "Entry",
+    "Repo",
+    "Store",
+    "Tree",
+    "apply_operations",
+    "is_large_file",
+    "large_entry",
+    "lfs_pointer",
+    "now_iso",
+    "parse_revision",
+]
