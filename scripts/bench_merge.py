@@ -1,5 +1,18 @@
-"""Benchmark `hf-tts merge` against the load-everything snippet and against copying the same bytes.
+"""Benchmark `hf-tts merge`: against mergekit (default) or against the load-everything snippet and a copy.
 
+Against mergekit: mergekit 0.1.5 is installed into its own virtualenv (created on first use, like bench_tts.py does
+for upstream: `torch==2.13.0` first, the CPU wheel this project pins, then mergekit; default
+~/.cache/hf_tts/mergekit-venv). Three random F5TTS_v1_Base-shaped folders (fp32, 1.35 GB each; `--quick`: 2 layers)
+are the inputs of every method both tools have: two sources and a base for the task-vector methods, model_stock,
+sce; all three for linear, multislerp and karcher; two for slerp and nuslerp; one source and the base for nearswap.
+Each run is a child process: time is its wall time (interpreter start-up included for both), memory its peak
+anonymous RSS (RssAnon sampled every 10 ms; memory-mapped input pages are file-backed and not counted). Prints the
+figures, hf-tts / mergekit ratios and, for deterministic methods, the largest difference between the two outputs.
+
+    python scripts/bench_merge.py [--quick] [--methods linear,ties,...] [--workdir DIR] [--venv DIR]
+    python scripts/bench_merge.py --against-snippet [--quick] [--cold] [--rounds 3] [--sources 4]
+
+Against the snippet (`--against-snippet`, the original benchmark):
 Builds 4 synthetic checkpoints with F5TTS_v1_Base's key names and shapes (fp32, about 1.35 GB each; `--quick` uses
 a 2-layer model), written straight to safetensors folders. Each contender runs in its own subprocess; its peak RSS
 comes from `os.wait4` (the kernel's max RSS of exactly that child) and its time from the phase it measures itself,
@@ -13,13 +26,13 @@ of the same files, like merges of Hub downloads (whose blob names are their sha2
 contender reads them from disk, as a first merge of downloaded checkpoints does. Contenders run in alternation for
 `--rounds` rounds; times are medians, peak RSS the largest seen.
 
-    python scripts/bench_merge.py [--quick] [--cold] [--rounds 3] [--sources 4] [--workdir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import statistics
@@ -121,8 +134,9 @@ def run_contender(code: str, args: list[str], env: dict[str, str]) -> dict:
     return {"seconds": result["seconds"], "wall": wall, "peak_mib": usage.ru_maxrss / 1024}  # ru_maxrss is KiB
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def snippet_main(argv: list[str]) -> None:
+    """The comparison against the load-everything snippet and a plain copy (`--against-snippet`)."""
+    parser = argparse.ArgumentParser(description="hf-tts merge against the load-everything snippet and a copy")
     parser.add_argument("--quick", action="store_true", help="2-layer model instead of the full 22 layers")
     parser.add_argument(
         "--cold", action="store_true", help="evict the inputs from the page cache before each contender"
@@ -131,7 +145,7 @@ def main() -> None:
     parser.add_argument("--sources", type=int, default=4)
     parser.add_argument("--workdir", help="where to put the synthetic checkpoints (default: a temp folder)")
     parser.add_argument("--build-into", help=argparse.SUPPRESS)  # internal: the checkpoint-building subprocess
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.build_into:
         build_checkpoints(Path(args.build_into), args.sources, args.quick)
         return
@@ -139,7 +153,8 @@ def main() -> None:
     try:
         # Built in a child: this process stays small (no torch import), because a child's max RSS starts with the
         # pages it shares with its parent between fork and exec.
-        command = [sys.executable, __file__, "--build-into", str(workdir), "--sources", str(args.sources)]
+        command = [sys.executable, __file__, "--against-snippet", "--build-into", str(workdir)]
+        command += ["--sources", str(args.sources)]
         subprocess.run(command + (["--quick"] if args.quick else []), check=True)
         folders = [workdir / f"source{index}" for index in range(args.sources)]
         sources = [str(folder) for folder in folders]
@@ -202,6 +217,217 @@ def main() -> None:
         )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+MERGEKIT_VERSION = "0.1.5"
+DEFAULT_VENV = Path.home() / ".cache" / "hf_tts" / "mergekit-venv"
+# method -> (sources used, uses the base, hf-tts options, mergekit global parameters, mergekit per-model parameters)
+SHARED_METHODS: dict[str, tuple[int, bool, list[str], dict, dict]] = {
+    "linear": (3, False, [], {}, {"weight": 1.0}),
+    "slerp": (2, False, [], {"t": 0.5}, {}),
+    "nuslerp": (2, False, [], {}, {"weight": 1.0}),
+    "multislerp": (3, False, [], {}, {"weight": 1.0}),
+    "karcher": (3, False, [], {}, {}),
+    "task_arithmetic": (2, True, [], {}, {"weight": 1.0}),
+    "ties": (2, True, ["--density", "0.5"], {}, {"weight": 1.0, "density": 0.5}),
+    "dare_linear": (2, True, ["--density", "0.5", "--seed", "1"], {}, {"weight": 1.0, "density": 0.5}),
+    "dare_ties": (2, True, ["--density", "0.5", "--seed", "1"], {}, {"weight": 1.0, "density": 0.5}),
+    "breadcrumbs": (2, True, ["--density", "0.5"], {}, {"weight": 1.0, "density": 0.5}),
+    "breadcrumbs_ties": (2, True, ["--density", "0.5"], {}, {"weight": 1.0, "density": 0.5}),
+    "della": (2, True, ["--density", "0.5", "--seed", "1"], {}, {"weight": 1.0, "density": 0.5}),
+    "della_linear": (2, True, ["--density", "0.5", "--seed", "1"], {}, {"weight": 1.0, "density": 0.5}),
+    "model_stock": (2, True, [], {}, {}),
+    "sce": (2, True, ["--select-topk", "0.5"], {"select_topk": 0.5}, {}),
+    "nearswap": (1, True, ["--t", "0.001"], {"t": 0.001}, {}),
+}
+RANDOM_METHODS = ("dare_linear", "dare_ties", "della", "della_linear")
+HF_TTS_MERGE = """
+import sys
+from hf_tts.cli import main
+sys.exit(main(["merge", *sys.argv[1:]]))
+"""
+MAX_DIFFERENCE = """
+import json, sys
+from pathlib import Path
+import torch
+from safetensors import safe_open
+def tensors(folder):
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(path, "pt") as handle:
+            for key in handle.keys():
+                yield key, path
+ours = dict(tensors(sys.argv[1]))
+theirs = dict(tensors(sys.argv[2]))
+worst, worst_key, beyond = 0.0, None, 0
+for key, path in ours.items():
+    with safe_open(path, "pt") as a, safe_open(theirs[key], "pt") as b:
+        x, y = a.get_tensor(key), b.get_tensor(key)
+        if x.is_floating_point() and x.numel():
+            differences = (x.double() - y.double()).abs()
+            beyond += int((differences > 1e-5).sum())  # TIES-family: entries tied exactly on a pruning threshold
+            if float(differences.max()) > worst:
+                worst, worst_key = float(differences.max()), key
+missing = sorted(set(ours) ^ set(theirs))[:3]
+print(json.dumps({"max_abs_difference": worst, "key": worst_key, "beyond": beyond, "missing": missing}))
+"""
+
+
+def ensure_mergekit_venv(venv: Path) -> Path:
+    """The mergekit virtualenv's python, creating it on first use (torch==2.13.0 first: any other torch spec would
+    pull gigabytes of CUDA wheels)."""
+    python = venv / "bin" / "python"
+    check = [
+        str(python),
+        "-c",
+        f"import mergekit, importlib.metadata as m; assert m.version('mergekit') == '{MERGEKIT_VERSION}'",
+    ]
+    if python.is_file() and subprocess.run(check, capture_output=True).returncode == 0:
+        return python
+    print(f"installing mergekit {MERGEKIT_VERSION} into {venv} ...", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(python), "-m", "pip", "install", "--quiet"]
+    subprocess.run([*pip, "torch==2.13.0"], check=True)
+    subprocess.run([*pip, f"mergekit=={MERGEKIT_VERSION}"], check=True)
+    return python
+
+
+def _anonymous_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def run_measured(command: list[str], allow_failure: bool = False) -> dict:
+    """Run `command`; its wall time and peak anonymous RSS (MiB), sampled every 10 ms."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peak = 0
+    while process.poll() is None:
+        peak = max(peak, _anonymous_kib(process.pid))
+        time.sleep(0.01)
+    seconds = time.perf_counter() - started
+    output = process.stdout.read()
+    if process.returncode != 0:
+        if not allow_failure:
+            raise SystemExit(f"{command[:3]} failed with exit code {process.returncode}: {output[-3000:]}")
+        return {"seconds": math.nan, "anon_mib": math.nan, "error": output.strip().splitlines()[-1][:160]}
+    return {"seconds": seconds, "anon_mib": peak / 1024}
+
+
+def mergekit_config(method: str, sources: list[str], base: str | None, parameters: dict, per_model: dict) -> str:
+    import json as json_module
+
+    models = [{"model": source, **({"parameters": per_model} if per_model else {})} for source in sources]
+    if method == "slerp":  # mergekit's SLERP runs from the base (t=0) to the one other model
+        models, base = models[1:], sources[0]
+    document = {"merge_method": method, "models": models, "dtype": "float32", "out_dtype": "float32"}
+    if base is not None:
+        document["base_model"] = base
+    if parameters:
+        document["parameters"] = parameters
+    return json_module.dumps(document)  # JSON is YAML
+
+
+def mergekit_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description="hf-tts merge against mergekit, every shared method")
+    parser.add_argument("--quick", action="store_true", help="2-layer model instead of the full 22 layers")
+    parser.add_argument("--methods", help="comma-separated subset of the shared methods")
+    parser.add_argument("--workdir", help="where to put the synthetic checkpoints (default: a temp folder)")
+    parser.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="mergekit virtualenv (created if missing)")
+    args = parser.parse_args(argv)
+    names = args.methods.split(",") if args.methods else list(SHARED_METHODS)
+    unknown = [name for name in names if name not in SHARED_METHODS]
+    if unknown:
+        raise SystemExit(f"--methods: unknown {unknown}; shared methods: {', '.join(SHARED_METHODS)}")
+    mergekit_python = ensure_mergekit_venv(args.venv)
+    mergekit_cli = str(args.venv / "bin" / "mergekit-pytorch")
+    workdir = Path(tempfile.mkdtemp(prefix="bench_merge_", dir=args.workdir))
+    try:
+        command = [sys.executable, __file__, "--against-snippet", "--build-into", str(workdir), "--sources", "3"]
+        subprocess.run(command + (["--quick"] if args.quick else []), check=True)
+        folders = [workdir / f"source{index}" for index in range(3)]
+        files = [str(folder / "model.safetensors") for folder in folders]
+        size = (folders[0] / "model.safetensors").stat().st_size
+        print(
+            f"3 checkpoints of {size / 1e9:.2f} GB each in {workdir}; mergekit {MERGEKIT_VERSION} ({mergekit_python})"
+        )
+        idle = run_measured([sys.executable, "-c", "import torch, time; time.sleep(0.5)"])["anon_mib"]
+        env_cache = {"HF_TTS_CACHE": str(workdir / "hash-cache")}
+        os.environ.update(env_cache)
+        print(f"\nidle (python + torch imported): {idle:.0f} MiB anonymous")
+        # The card's input hashes are computed once and remembered (as for a second merge of the same files, or any
+        # merge of Hub downloads); hashing them here keeps that one-time cost out of the first method's figure.
+        time.sleep(2.1)  # the hash cache ignores files modified within the last 2 s
+        prehash = (
+            "import sys; from hf_tts.file_utils import sha256_file; [sha256_file(p, cache=True) for p in sys.argv[1:]]"
+        )
+        subprocess.run([sys.executable, "-c", prehash, *files], check=True)
+        header = f"{'method':<18}{'hf-tts s':>10}{'mergekit s':>12}{'time x':>8}{'hf-tts MiB':>12}{'mergekit MiB':>14}{'mem x':>7}{'max |diff|':>12}"
+        print(header)
+        rows = []
+        failures: list[str] = []
+        worst_keys: list[str] = []
+        for method in names:
+            count, with_base, options, parameters, per_model = SHARED_METHODS[method]
+            ours_out, theirs_out = workdir / "ours", workdir / "theirs"
+            sources = [str(folder) for folder in folders[:count]]
+            base = [str(folders[2])] if with_base else []
+            ours = run_measured(
+                [sys.executable, "-c", HF_TTS_MERGE, *sources, *(["--base", *base] if base else []), "--method",
+                 method, *options, "--out", str(ours_out)]
+            )  # fmt: skip
+            config = workdir / "mergekit.yml"
+            config.write_text(
+                mergekit_config(method, files[:count], files[2] if with_base else None, parameters, per_model)
+            )
+            theirs = run_measured([mergekit_cli, str(config), str(theirs_out)], allow_failure=True)
+            difference = "random"
+            if "error" in theirs:
+                difference = "mergekit failed"
+                failures.append(f"{method}: {theirs['error']}")
+            elif method not in RANDOM_METHODS:
+                result = subprocess.run(
+                    [sys.executable, "-c", MAX_DIFFERENCE, str(ours_out), str(theirs_out)],
+                    check=True, capture_output=True, text=True,
+                )  # fmt: skip
+                compared = json.loads(result.stdout.strip().splitlines()[-1])
+                difference = f"{compared['max_abs_difference']:.1e}" + (" keys!" if compared["missing"] else "")
+                if compared["max_abs_difference"] > 1e-6:
+                    worst_keys.append(f"{method}: {compared['key']} ({compared['beyond']} entries differ by > 1e-5)")
+            shutil.rmtree(ours_out)
+            shutil.rmtree(theirs_out, ignore_errors=True)
+            time_ratio = ours["seconds"] / theirs["seconds"]
+            memory_ratio = max(ours["anon_mib"] - idle, 1) / max(theirs["anon_mib"] - idle, 1)
+            rows.append((method, time_ratio, memory_ratio, ours["anon_mib"] - idle))
+            print(
+                f"{method:<18}{ours['seconds']:>10.2f}{theirs['seconds']:>12.2f}{time_ratio:>8.2f}"
+                f"{ours['anon_mib']:>12.0f}{theirs['anon_mib']:>14.0f}{memory_ratio:>7.2f}{difference:>12}",
+                flush=True,
+            )
+        print(
+            "\ntime x: hf-tts / mergekit wall time (target <= 0.5); mem x: hf-tts / mergekit peak anonymous RSS above "
+            "idle (target <= 0.33); max |diff|: largest elementwise difference of the outputs (deterministic methods)"
+        )
+        for failure in failures:
+            print(f"mergekit failed on {failure}")
+        for worst in worst_keys:
+            print(f"largest difference above 1e-6 at {worst}")
+        missed = [row[0] for row in rows if not (row[1] <= 0.5 and row[2] <= 1 / 3)]
+        over = [row[0] for row in rows if row[3] > 512]
+        print(f"targets missed: {', '.join(missed) or 'none'}; above 0.5 GB over idle: {', '.join(over) or 'none'}")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> None:
+    if "--against-snippet" in sys.argv[1:]:
+        snippet_main([arg for arg in sys.argv[1:] if arg != "--against-snippet"])
+    else:
+        mergekit_main(sys.argv[1:])
 
 
 if __name__ == "__main__":

@@ -262,7 +262,7 @@ def test_dry_run_writes_nothing(folders, tmp_path):
         ({"layer_weights": ["no_such_module=1,2"]}, "matches no floating-point tensor"),
         ({"layer_weights": ["([=1,2"]}, "not a valid regular expression"),
         ({"method": "ties"}, "pass --base"),
-        ({"method": "nuslerp"}, "unknown merge method"),
+        ({"method": "frankenmerge"}, "unknown merge method"),
         ({"dtype": "int8"}, "is not one of"),
     ],
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from hf_tts.commands._options import bounded_float
+from hf_tts.commands._options import bounded_float, bounded_int
 from hf_tts.merge.methods import METHODS
 from hf_tts.merge.plan import LAYER_RULE_TIMEOUT_S, MAX_LAYER_PATTERN_CHARS, MAX_LAYER_PATTERN_REPEATS, OUTPUT_DTYPES
 
@@ -32,7 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", help="output folder (written atomically)")
     parser.add_argument("--method", choices=METHODS, default="linear")
-    parser.add_argument("--base", metavar="SRC", help="base model for task_arithmetic / ties")
+    parser.add_argument(
+        "--base",
+        metavar="SRC",
+        help="base model (task-vector methods, model_stock, sce, nearswap; optional for nuslerp, multislerp, karcher)",
+    )
     parser.add_argument(
         "--normalize",
         action=argparse.BooleanOptionalAction,
@@ -50,7 +54,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--density",
         type=bounded_float(0.0, 1.0, low_inclusive=False),
         default=1.0,
-        help="ties: fraction of each task vector kept, in (0, 1]",
+        help="ties, dare_*, breadcrumbs*, della*: fraction of each task vector kept, in (0, 1]",
+    )
+    parser.add_argument(
+        "--rescale",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="rescale pruned task vectors to their L1 norm (default: on for dare_* and della*, off otherwise)",
+    )
+    parser.add_argument(
+        "--gamma", type=bounded_float(0.0, 1.0), help="breadcrumbs: fraction of largest entries dropped (0.01)"
+    )
+    parser.add_argument(
+        "--epsilon", type=bounded_float(0.0, 1.0), help="della: keep-probability spread around density (0.15)"
+    )
+    parser.add_argument("--t", type=bounded_float(None, None), help="nearswap: similarity threshold (required)")
+    parser.add_argument(
+        "--select-topk", type=bounded_float(0.0, 1.0), help="sce: fraction of highest-variance entries kept (1.0)"
+    )
+    parser.add_argument(
+        "--filter-wise", action="store_true", default=None, help="model_stock: one factor per row, not per tensor"
+    )
+    parser.add_argument("--max-iter", type=bounded_int(1, 1000), help="karcher: iterations (10)")
+    parser.add_argument("--tol", type=bounded_float(0.0, 1.0, low_inclusive=False), help="karcher: tolerance (1e-5)")
+    parser.add_argument(
+        "--eps", type=bounded_float(0.0, 1.0, low_inclusive=False), help="multislerp: stabilising epsilon (1e-8)"
+    )
+    parser.add_argument(
+        "--nuslerp-flatten",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="nuslerp: one angle per tensor (default) or per row/column vector",
+    )
+    parser.add_argument(
+        "--nuslerp-row-wise", action="store_true", default=None, help="nuslerp without flatten: column vectors"
+    )
+    parser.add_argument(
+        "--seed",
+        type=bounded_int(0, (1 << 63) - 1),
+        help="dare_* / della*: random seed (default: drawn once and saved in merge_recipe.yaml)",
     )
     parser.add_argument(
         "--layer-weights",
@@ -98,7 +140,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hf_tts.errors import InputError
-    from hf_tts.merge import merge
+    from hf_tts.merge import METHOD_PARAMETER_NAMES, merge
 
     if args.recipe and args.sources:
         raise InputError("give either --recipe or sources, not both (the recipe lists its sources)")
@@ -130,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
         private=args.private,
         token=args.token,
         trust_pickle=args.trust_pickle,
+        **{name: getattr(args, name) for name in METHOD_PARAMETER_NAMES if getattr(args, name) is not None},
     )
     print(report.summary() if path is not None else report.plan.describe())
     if path is not None:

@@ -1,10 +1,20 @@
-"""Reader and writer of Coqui XTTS-v2 checkpoints (`model.pth`: `{"model": state_dict, "config": dict, ...}`).
+"""Reader and writer of Coqui XTTS-v2 checkpoints (`model.pth`, `best_model.pth`, `checkpoint_N.pth`:
+`{"model": state_dict, "config": dict, ...}`).
 
-Trainer checkpoints prefix every key with `xtts.` (the `GPTTrainer` wraps `Xtts` as `self.xtts`); released ones do
-not. Coqui's `Xtts.load_checkpoint` strips the prefix and deletes the trainer-only modules (the DVAE and the two
-mel-spectrogram front ends), so those are left out here too: fine-tunes never train them, and averaging the DVAE's
-VQ codebooks would break their `embed = embed_avg / cluster_size` tie. Optimizer, scaler and scheduler states are
-never touched, so with a memory-mapped load their bytes are never read.
+Coqui's `GPTTrainer` (saved by `trainer.io.save_model`) holds the inference model as `self.xtts`, so those keys carry
+the `xtts.` prefix, and beside it three trainer-only modules at top level, without the prefix: `dvae.*` (the frozen
+DiscreteVAE that makes the audio codes), `torch_mel_spectrogram_dvae.*` and `torch_mel_spectrogram_style_encoder.*`
+(mel front ends). 687 keys for XTTS-v2: 627 `xtts.*` and 60 trainer-only. The trainer adds `optimizer`, `scaler`,
+`step`, `epoch`, `date`, `model_loss` / `model_losses` and, in the idiap fork, `scheduler`. Released checkpoints have
+neither the prefix nor the trainer-only modules.
+
+`Xtts.load_checkpoint` strips `xtts.` and deletes keys whose first component is a trainer-only module; the trainer
+(`--restore_path`, `--continue_path`) loads every key into the GPTTrainer. So a merge keeps the layout it read: the
+inference weights are merged and written back under the same prefix, the trainer-only modules are copied (fine-tunes
+never train them, every source must hold the same values; averaging the DVAE's VQ codebooks would break their
+`embed = embed_avg / cluster_size` tie), and `step` / `epoch` of the config donor are kept so the trainer resumes.
+Optimizer, scaler and scheduler states belong to one run's weights, not to a merge: they are never read (with a
+memory-mapped load their bytes stay on disk) nor written, and the trainer then restores the model alone.
 """
 
 from __future__ import annotations
@@ -19,18 +29,28 @@ import torch
 from hf_tts.errors import InputError
 
 XTTS_PREFIX = "xtts."
-# First key components Coqui's inference loader deletes (`get_compatible_checkpoint_state_dict`).
+# Top-level modules of Coqui's GPTTrainer besides `xtts`; `Xtts.load_checkpoint` deletes them.
 TRAINER_ONLY_MODULES = frozenset({"dvae", "torch_mel_spectrogram_style_encoder", "torch_mel_spectrogram_dvae"})
+# Trainer entries written back with a merge so the trainer's restore finds where the donor left off.
+KEPT_TRAINER_ENTRIES = ("step", "epoch")
 # Entries of the XTTS config that fix the network's shape and audio front end.
 _FINGERPRINT_SECTIONS = ("model_args", "audio")
 
 
+def is_trainer_only(key: str) -> bool:
+    """Whether a checkpoint key belongs to a trainer-only module (with or without the `xtts.` prefix, which old
+    exports put in front of everything)."""
+    return key.removeprefix(XTTS_PREFIX).split(".", 1)[0] in TRAINER_ONLY_MODULES
+
+
 @dataclass
 class XttsCheckpoint:
-    state_dict: dict[str, torch.Tensor]  # keys without the `xtts.` prefix, inference modules only
+    # Inference weights without the `xtts.` prefix; trainer-only tensors under their key as stored (copied, never
+    # merged: see `is_trainer_only`).
+    state_dict: dict[str, torch.Tensor]
     config: dict[str, Any]  # the checkpoint's "config" entry (Coqui's XttsConfig as a dict)
     prefix: str  # "xtts." for trainer checkpoints, "" for released ones: written back the same way
-    dropped_keys: list[str]  # trainer-only keys left out
+    trainer_entries: dict[str, Any]  # step / epoch of a trainer checkpoint (empty for released ones)
 
     @property
     def fingerprint(self) -> dict[str, Any]:
@@ -59,27 +79,24 @@ def is_xtts_checkpoint(checkpoint: Any) -> bool:
 
 
 def read_xtts_checkpoint(path: str | os.PathLike, checkpoint: dict) -> XttsCheckpoint:
-    """Split a loaded XTTS checkpoint into its inference state dict (prefix removed) and its config."""
+    """Split a loaded XTTS checkpoint into its weights (inference keys without prefix, trainer-only keys as stored),
+    its config and the trainer entries a merge keeps."""
     path = Path(path)
     model = checkpoint["model"]
     bad_keys = [key for key in model if not isinstance(key, str)]
     if bad_keys:
         raise InputError(f"{path}: the 'model' state dict has a key {bad_keys[0]!r} that is not a string")
-    prefixed = [key for key in model if key.startswith(XTTS_PREFIX)]
-    if prefixed and len(prefixed) != len(model):
-        unprefixed = sorted(set(model) - set(prefixed))[:3]
+    prefixed = any(key.startswith(XTTS_PREFIX) for key in model)
+    stray = sorted(key for key in model if not key.startswith(XTTS_PREFIX) and not is_trainer_only(key))
+    if prefixed and stray:
         raise InputError(
-            f"{path}: some keys start with {XTTS_PREFIX!r} and some do not (e.g. {', '.join(unprefixed)}); "
-            "this is not a checkpoint Coqui writes"
+            f"{path}: {len(stray)} keys lack the {XTTS_PREFIX!r} prefix without belonging to a trainer-only module "
+            f"({', '.join(sorted(TRAINER_ONLY_MODULES))}), e.g. {', '.join(stray[:3])}; this is not a checkpoint "
+            "Coqui writes"
         )
     prefix = XTTS_PREFIX if prefixed else ""
     state_dict: dict[str, torch.Tensor] = {}
-    dropped: list[str] = []
     for key, value in model.items():
-        name = key[len(prefix) :]
-        if name.split(".", 1)[0] in TRAINER_ONLY_MODULES:
-            dropped.append(key)
-            continue
         if not isinstance(value, torch.Tensor):
             raise InputError(f"{path}: model entry {key!r} is a {type(value).__name__}, not a tensor")
         if value.layout != torch.strided or value.is_quantized or value.is_complex():
@@ -87,24 +104,34 @@ def read_xtts_checkpoint(path: str | os.PathLike, checkpoint: dict) -> XttsCheck
             raise InputError(
                 f"{path}: model entry {key!r} is a {value.layout} {value.dtype} tensor, which cannot be merged"
             )
-        state_dict[name] = value
-    if not state_dict:
+        state_dict[key if is_trainer_only(key) else key[len(prefix) :]] = value
+    if not any(not is_trainer_only(key) for key in state_dict):
         raise InputError(f"{path}: the checkpoint's 'model' holds no XTTS inference weights")
     config = checkpoint.get("config")
+    trainer_entries = {
+        name: checkpoint[name]
+        for name in KEPT_TRAINER_ENTRIES
+        if isinstance(checkpoint.get(name), int) and not isinstance(checkpoint.get(name), bool)
+    }
     return XttsCheckpoint(
         state_dict=state_dict,
         config=config if isinstance(config, dict) else {},
         prefix=prefix,
-        dropped_keys=sorted(dropped),
+        trainer_entries=trainer_entries,
     )
 
 
 def save_xtts_checkpoint(
-    path: str | os.PathLike, state_dict: dict[str, torch.Tensor], config: dict[str, Any], prefix: str
+    path: str | os.PathLike,
+    state_dict: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    prefix: str,
+    trainer_entries: dict[str, Any] | None = None,
 ) -> None:
-    """Write `{"model": ..., "config": ...}` the way Coqui's trainer does, so `Xtts.load_checkpoint` reads it."""
-    model = {f"{prefix}{key}": value for key, value in state_dict.items()}
-    torch.save({"model": model, "config": config}, path)
+    """Write `{"model", "config", ...}` in the layout it was read from: inference keys under `prefix`, trainer-only
+    keys as they were, plus the kept trainer entries, so `Xtts.load_checkpoint` and the trainer both read it."""
+    model = {key if is_trainer_only(key) else f"{prefix}{key}": value for key, value in state_dict.items()}
+    torch.save({"model": model, "config": config, **(trainer_entries or {})}, path)
 
 
-__all__ = ["XttsCheckpoint", "is_xtts_checkpoint", "read_xtts_checkpoint", "save_xtts_checkpoint"]
+__all__ = ["XttsCheckpoint", "is_trainer_only", "is_xtts_checkpoint", "read_xtts_checkpoint", "save_xtts_checkpoint"]

@@ -33,7 +33,27 @@ _KIND_METADATA: dict[str, tuple[str, list[str]]] = {
     "cfg_motion": ("other", ["audio-to-motion", "diffusion", "classifier-free-guidance"]),
     "finetune": ("text-to-speech", ["finetune", "text-to-speech"]),
     "merge": ("text-to-speech", ["merge", "text-to-speech"]),
+    # A merge of a model the package does not define (any transformers model, bare safetensors files): the pipeline
+    # tag and library come from the sources (see `source_card_metadata`).
+    "merge_generic": (None, ["merge"]),
 }
+# transformers' auto-class mappings (model type -> class name) and the Hub pipeline tag of their task, most specific
+# first: a class found in one of them tells the task of a config's `architectures[0]`.
+_TASK_MAPPINGS = (
+    ("MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES", "automatic-speech-recognition"),
+    ("MODEL_FOR_CTC_MAPPING_NAMES", "automatic-speech-recognition"),
+    ("MODEL_FOR_TEXT_TO_SPECTROGRAM_MAPPING_NAMES", "text-to-speech"),
+    ("MODEL_FOR_TEXT_TO_WAVEFORM_MAPPING_NAMES", "text-to-speech"),
+    ("MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES", "audio-classification"),
+    ("MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "text-generation"),
+    ("MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES", "text2text-generation"),
+    ("MODEL_FOR_MASKED_LM_MAPPING_NAMES", "fill-mask"),
+    ("MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES", "text-classification"),
+    ("MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES", "token-classification"),
+    ("MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES", "image-classification"),
+    ("MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES", "image-text-to-text"),
+    ("MODEL_MAPPING_NAMES", "feature-extraction"),
+)
 _FAMILY_TAGS: dict[str, str] = {
     "hf_tts_f5": "f5-tts",
     "hf_tts_e2": "e2-tts",
@@ -128,6 +148,34 @@ def _family_tag(config: PreTrainedConfig | None) -> list[str]:
     return [tag] if tag else []
 
 
+def pipeline_tag_for_architecture(architecture: str | None) -> str | None:
+    """The Hub pipeline tag of a transformers class name (`LlamaForCausalLM` -> text-generation), from the auto
+    classes' task mappings; None when no mapping lists it."""
+    if not architecture:
+        return None
+    from transformers.models.auto import modeling_auto
+
+    for mapping_name, tag in _TASK_MAPPINGS:
+        mapping = getattr(modeling_auto, mapping_name, {})
+        for value in mapping.values():
+            names = value if isinstance(value, (tuple, list)) else (value,)
+            if architecture in names:
+                return tag
+    return None
+
+
+def source_card_metadata(folder: str | os.PathLike | None) -> dict[str, Any]:
+    """`pipeline_tag`, `library_name`, `license` and `language` of a source folder's own model card (README.md front
+    matter), where it has them; empty without a card or with a card that cannot be parsed."""
+    if folder is None or not (Path(folder) / "README.md").is_file():
+        return {}
+    try:
+        data = ModelCard.load(Path(folder) / "README.md").data.to_dict()
+    except (ValueError, OSError, UnicodeDecodeError):
+        return {}  # a hand-written README without valid front matter says nothing machine-readable
+    return {key: data[key] for key in ("pipeline_tag", "library_name", "license", "language") if data.get(key)}
+
+
 def render_model_card(
     *,
     kind: str,
@@ -140,8 +188,12 @@ def render_model_card(
     model_id: str = "./model",
     tags: Iterable[str] | None = None,
     extra_context: Mapping[str, Any] | None = None,
+    library_name: str | None = None,
+    pipeline_tag: str | None = None,
 ) -> ModelCard:
     """Render `model_cards/<kind>.md.j2` into a `ModelCard`.
+
+    `library_name` and `pipeline_tag` override the kind's (a generic merge takes them from its sources).
 
     `config` fills the architecture table and the flags; `sources` are the files the weights came from (hashed) or
     mappings with at least a `name`; `model_id` is what the usage snippet loads (a local path or a Hub repo id);
@@ -158,13 +210,14 @@ def render_model_card(
         )
     if base_model_relation is not None and not base_model:
         raise InputError(f"base_model_relation={base_model_relation!r} needs base_model (the parent repo ids)")
-    pipeline_tag, kind_tags = _KIND_METADATA.get(kind, (None, []))
-    pipeline_tag = _FAMILY_PIPELINE_TAGS.get(getattr(config, "model_type", None), pipeline_tag)
+    kind_pipeline_tag, kind_tags = _KIND_METADATA.get(kind, (None, []))
+    if pipeline_tag is None:
+        pipeline_tag = _FAMILY_PIPELINE_TAGS.get(getattr(config, "model_type", None), kind_pipeline_tag)
     metadata: dict[str, Any] = {}
     if base_model_relation is not None:
         metadata["base_model_relation"] = base_model_relation
     card_data = ModelCardData(
-        library_name=LIBRARY_NAME,
+        library_name=library_name or LIBRARY_NAME,
         pipeline_tag=pipeline_tag,
         tags=[LIBRARY_NAME, *_family_tag(config), *kind_tags, *(tags or ())],
         base_model=base_model,
@@ -183,7 +236,8 @@ def render_model_card(
         "base_model_relation": base_model_relation,
         "sources": _describe_sources(sources),
         "package_version": __version__,
-        "library_name": LIBRARY_NAME,
+        "library_name": library_name or LIBRARY_NAME,
+        "pipeline_tag": pipeline_tag,
         **(extra_context or {}),
     }
     import jinja2
@@ -271,8 +325,10 @@ __all__ = [
     "available_kinds",
     "kind_for_config",
     "model_cards_dir",
+    "pipeline_tag_for_architecture",
     "render_model_card",
     "retarget_model_card",
+    "source_card_metadata",
     "usage_snippet",
     "write_model_card",
 ]

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 from hf_tts.errors import InputError
 from hf_tts.file_utils import atomic_output_dir, check_output_target, sha256_file
+from hf_tts.merge.methods import SPECS
 from hf_tts.merge.plan import LayerRule, MergePlan, MergeRecipe, build_plan
 from hf_tts.merge.stream import DistanceStats, single_torch_thread
 
@@ -26,12 +27,11 @@ HASH_WORKERS = 2
 # Threads that merge slices. Streaming is bound by memory copies and per-slice calls: two threads on two cores
 # measured 1.3-2x faster than one; beyond four, memory bandwidth runs out first.
 MERGE_WORKERS = max(1, min(4, os.cpu_count() or 1))
-METHOD_LINKS = {
-    "linear": "[linear](https://arxiv.org/abs/2203.05482) (model soup)",
-    "slerp": "[SLERP](https://en.wikipedia.org/wiki/Slerp)",
-    "task_arithmetic": "[task arithmetic](https://arxiv.org/abs/2212.04089)",
-    "ties": "[TIES](https://arxiv.org/abs/2306.01708)",
-}
+# Method parameters `merge()` takes as keyword arguments (their defaults are MergeRecipe's).
+METHOD_PARAMETER_NAMES = (
+    "rescale", "gamma", "epsilon", "t", "select_topk", "filter_wise", "max_iter", "tol", "eps", "nuslerp_flatten",
+    "nuslerp_row_wise", "seed",
+)  # fmt: skip
 
 
 @dataclass
@@ -67,11 +67,13 @@ def _card_sources(plan: MergePlan, hashes: dict[str, dict[str, str]]) -> list[di
 
 
 def _write_card(plan: MergePlan, folder: Path, model_id: str, report: MergeReport, recipe_yaml: str) -> None:
-    from hf_tts.hub.cards import render_model_card
+    """The package's TTS merge card for its own model families and XTTS; a generic card (architecture, parameter
+    count, pipeline tag and library from the sources' card and config) for any other model."""
+    from hf_tts.hub.cards import pipeline_tag_for_architecture, render_model_card, source_card_metadata
     from hf_tts.merge.write import PLOT_NAME
 
     config = None
-    if plan.layout == "safetensors":
+    if plan.layout == "safetensors" and (folder / "config.json").is_file():
         from transformers import CONFIG_MAPPING, AutoConfig
 
         # A model type this installation does not know (merged from what its config.json says) gets a card without
@@ -80,24 +82,46 @@ def _write_card(plan: MergePlan, folder: Path, model_id: str, report: MergeRepor
         if isinstance(model_type, str) and model_type in CONFIG_MAPPING:
             config = AutoConfig.from_pretrained(folder)
     hub_ids = sorted({source.hub_id for source in plan.inputs() if source.hub_id})
+    context: dict[str, Any] = {
+        "merge": plan.recipe,
+        "method_link": SPECS[plan.recipe.method].link,
+        "method_parameters": plan.recipe.parameter_document(),
+        "layout": plan.layout,
+        "family": plan.family,
+        "merge_sources": _card_sources(plan, report.input_sha256),
+        "recipe_yaml": recipe_yaml,
+        "plot_name": PLOT_NAME,
+        "distances": report.distances,
+        "tensor_count": len(plan.tasks),
+        "copied_buffers": [task.key for task in plan.tasks if not task.merged],
+    }
+    generic = plan.layout == "safetensors" and not plan.family.startswith("hf_tts_")
+    options: dict[str, Any] = {}
+    if generic:
+        architectures = plan.donor.config.get("architectures")
+        architecture = architectures[0] if isinstance(architectures, list) and architectures else None
+        source_card = source_card_metadata(plan.donor.folder)
+        model_type = plan.donor.config.get("model_type")
+        library = source_card.get("library_name") or ("transformers" if isinstance(model_type, str) else None)
+        context.update(
+            architecture=architecture if isinstance(architecture, str) else model_type,
+            model_type=model_type,
+            parameter_count=sum(task.info.numel for task in plan.tasks if task.info.dtype.is_floating_point),
+        )
+        options = {
+            "library_name": library or "safetensors",
+            "pipeline_tag": source_card.get("pipeline_tag") or pipeline_tag_for_architecture(context["architecture"]),
+            "license": source_card.get("license"),
+            "language": source_card.get("language"),
+        }
     card = render_model_card(
-        kind="merge",
+        kind="merge_generic" if generic else "merge",
         config=config,
         base_model=hub_ids or None,
         base_model_relation="merge" if hub_ids else None,
         model_id=model_id,
-        extra_context={
-            "merge": plan.recipe,
-            "method_link": METHOD_LINKS[plan.recipe.method],
-            "layout": plan.layout,
-            "family": plan.family,
-            "merge_sources": _card_sources(plan, report.input_sha256),
-            "recipe_yaml": recipe_yaml,
-            "plot_name": PLOT_NAME,
-            "distances": report.distances,
-            "tensor_count": len(plan.tasks),
-            "copied_buffers": [task.key for task in plan.tasks if not task.merged],
-        },
+        extra_context=context,
+        **options,
     )
     if plan.layout == "xtts":
         card.data.tags = [*(card.data.tags or []), "xtts"]
@@ -129,12 +153,17 @@ def merge(
     private: bool = False,
     token: str | None = None,
     trust_pickle: bool = False,
+    **method_parameters: Any,
 ) -> MergeResult:
     """Merge checkpoints of one model into `out_dir`; returns `(path, report)`.
 
     `sources` are package folders, Hub repo ids, upstream F5/E2 checkpoint files (with `arch`/`vocab`) or XTTS-v2
     checkpoints; `weights` one per source (default: equal). `method` is linear, slerp (two sources, t = w2/(w1+w2)),
-    task_arithmetic or ties (both need `base`; `scale` is their lambda, `density` TIES' kept fraction).
+    task_arithmetic, ties, dare_linear, dare_ties, breadcrumbs, breadcrumbs_ties, della, della_linear, model_stock, sce,
+    nearswap (these need `base`; `scale` is lambda, `density` the kept fraction), nuslerp, multislerp or karcher (base
+    optional). Further method parameters are keyword arguments named as in mergekit (`METHOD_PARAMETER_NAMES`:
+    rescale, gamma, epsilon, t, select_topk, filter_wise, max_iter, tol, eps, nuslerp_flatten, nuslerp_row_wise,
+    seed); see the README for each method's formula.
     `layer_weights` are `"REGEX=W1,W2,..."` rules (first match wins) overriding `weights` per tensor. `recipe` (a
     YAML path or a `MergeRecipe`) replaces all the merge-defining arguments. `dry_run` validates and returns the
     plan without writing. Nothing is left behind on error; an existing `out_dir` needs `overwrite=True`.
@@ -149,6 +178,9 @@ def merge(
     for name, value in (("sources", sources), ("weights", weights), ("layer_weights", layer_weights)):
         if isinstance(value, (str, bytes, os.PathLike)):
             raise InputError(f"{name} must be a list, got the single value {value!r}")
+    unknown = sorted(set(method_parameters) - set(METHOD_PARAMETER_NAMES))
+    if unknown:
+        raise InputError(f"unknown merge parameter {unknown[0]!r}; valid: {', '.join(METHOD_PARAMETER_NAMES)}")
     if recipe is not None:
         if sources:
             raise InputError("give either a recipe or sources, not both (the recipe lists its sources)")
@@ -172,6 +204,7 @@ def merge(
             config_from=None if config_from is None else str(config_from),
             max_shard_size=max_shard_size,
             allow_config_mismatch=allow_config_mismatch,
+            **{name: value for name, value in method_parameters.items() if value is not None or name == "t"},
         )
     named_inputs = [*merge_recipe.models, merge_recipe.base, merge_recipe.config_from, merge_recipe.vocab]
     named_inputs += [merge_recipe.arch, None if recipe is None or isinstance(recipe, MergeRecipe) else recipe]

@@ -1,29 +1,269 @@
-"""Merge formulas, one tensor at a time (mergekit's definitions, see reference/merge.md section 1.2).
+"""Merge formulas, one tensor at a time: mergekit's definitions (reference/merge.md section 1.2, mergekit 0.1.5's
+`merge_methods/*.py` and `sparsify.py`), computed so that memory does not depend on the number of sources.
 
 Every function takes the sources' tensors as read-only views (they may be memory maps of the input files) and
 returns a fresh tensor in the accumulator dtype: fp32, or fp64 when an input is fp64. No input is ever written to;
-intermediate buffers are allocated here, so their number does not depend on how many sources there are.
+the few buffers are allocated here, one or a handful per tensor, however many sources there are: sources are visited
+one after another and folded into accumulators (the TIES sign election keeps the positive and negative sums apart,
+so the elected side is known without a second visit). Norms and dot products are summed in fp64 over chunks.
+
+Pruning thresholds come from `torch.kthvalue` (linear time) instead of a full sort; where several entries tie
+exactly on a threshold, all of them are kept (TIES, SCE) or dropped (breadcrumbs' upper cut), where mergekit keeps an
+arbitrary subset of them. That is the only way results differ from mergekit beyond rounding.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
-METHODS = ("linear", "slerp", "task_arithmetic", "ties")
+from hf_tts.errors import InputError
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What a method needs: its base (required / optional / none), how many sources, which recipe parameters it
+    reads, whether each output element depends only on the same input elements (then it is merged in slices), and
+    whether it draws random numbers (then `seed` makes it reproducible)."""
+
+    name: str
+    base: str  # "required" | "optional" | "none"
+    min_sources: int
+    max_sources: int | None
+    parameters: tuple[str, ...]
+    default_normalize: bool
+    link: str
+    random: bool = False
+
+
+_TA = ("normalize", "lambda")
+SPECS: dict[str, MethodSpec] = {
+    spec.name: spec
+    for spec in (
+        MethodSpec("linear", "none", 2, None, ("normalize",), True, "[linear](https://arxiv.org/abs/2203.05482)"),
+        MethodSpec("slerp", "none", 2, 2, (), False, "[SLERP](https://en.wikipedia.org/wiki/Slerp)"),
+        MethodSpec("nuslerp", "optional", 2, 2, ("nuslerp_flatten", "nuslerp_row_wise"), False, "NuSLERP (mergekit)"),
+        MethodSpec(
+            "multislerp",
+            "optional",
+            2,
+            None,
+            ("normalize", "eps"),
+            True,
+            "[Multi-SLERP](https://goddard.blog/posts/multislerp-wow-what-a-cool-idea)",
+        ),
+        MethodSpec(
+            "karcher",
+            "optional",
+            2,
+            None,
+            ("max_iter", "tol"),
+            False,
+            "[Karcher mean](https://arxiv.org/abs/2603.04972)",
+        ),
+        MethodSpec(
+            "task_arithmetic", "required", 1, None, _TA, False, "[task arithmetic](https://arxiv.org/abs/2212.04089)"
+        ),
+        MethodSpec("ties", "required", 1, None, (*_TA, "density"), True, "[TIES](https://arxiv.org/abs/2306.01708)"),
+        MethodSpec(
+            "dare_linear",
+            "required",
+            1,
+            None,
+            (*_TA, "density", "rescale", "seed"),
+            False,
+            "[DARE](https://arxiv.org/abs/2311.03099) (linear)",
+            random=True,
+        ),
+        MethodSpec(
+            "dare_ties",
+            "required",
+            1,
+            None,
+            (*_TA, "density", "rescale", "seed"),
+            False,
+            "[DARE](https://arxiv.org/abs/2311.03099) with TIES sign consensus",
+            random=True,
+        ),
+        MethodSpec(
+            "breadcrumbs",
+            "required",
+            1,
+            None,
+            (*_TA, "density", "gamma", "rescale"),
+            False,
+            "[Model Breadcrumbs](https://arxiv.org/abs/2312.06795)",
+        ),
+        MethodSpec(
+            "breadcrumbs_ties",
+            "required",
+            1,
+            None,
+            (*_TA, "density", "gamma", "rescale"),
+            False,
+            "[Model Breadcrumbs](https://arxiv.org/abs/2312.06795) with TIES sign consensus",
+        ),
+        MethodSpec(
+            "della",
+            "required",
+            1,
+            None,
+            (*_TA, "density", "epsilon", "rescale", "seed"),
+            True,
+            "[DELLA](https://arxiv.org/abs/2406.11617)",
+            random=True,
+        ),
+        MethodSpec(
+            "della_linear",
+            "required",
+            1,
+            None,
+            (*_TA, "density", "epsilon", "rescale", "seed"),
+            False,
+            "[DELLA](https://arxiv.org/abs/2406.11617) (linear)",
+            random=True,
+        ),
+        MethodSpec(
+            "model_stock",
+            "required",
+            2,
+            None,
+            ("filter_wise",),
+            False,
+            "[Model Stock](https://arxiv.org/abs/2403.19522)",
+        ),
+        MethodSpec("sce", "required", 1, None, ("select_topk",), False, "[SCE](https://arxiv.org/abs/2408.07990)"),
+        MethodSpec(
+            "nearswap",
+            "required",
+            1,
+            1,
+            ("t",),
+            False,
+            "[NearSwap](https://huggingface.co/alchemonaut/QuartetAnemoi-70B-t0.0001)",
+        ),
+    )
+}
+METHODS = tuple(SPECS)
 # Methods that combine task vectors (source - base) and therefore need --base.
-BASE_METHODS = ("task_arithmetic", "ties")
-# mergekit's `normalize` defaults: weights are divided by their sum for linear and TIES, not for task arithmetic.
-DEFAULT_NORMALIZE = {"linear": True, "slerp": False, "task_arithmetic": False, "ties": True}
+BASE_METHODS = tuple(name for name, spec in SPECS.items() if spec.base == "required")
+DEFAULT_NORMALIZE = {name: spec.default_normalize for name, spec in SPECS.items()}
+# DARE and DELLA rescale the kept entries to the task vector's L1 norm by default (mergekit's `rescale`).
+DEFAULT_RESCALE = {"dare_linear": True, "dare_ties": True, "della": True, "della_linear": True}
+# Methods with TIES' sign election.
+CONSENSUS_METHODS = frozenset({"ties", "dare_ties", "breadcrumbs_ties", "della"})
+# How each task-vector method prunes before combining.
+SPARSIFICATION = {
+    "task_arithmetic": None,
+    "ties": "magnitude",
+    "dare_linear": "random",
+    "dare_ties": "random",
+    "breadcrumbs": "outliers",
+    "breadcrumbs_ties": "outliers",
+    "della": "della",
+    "della_linear": "della",
+}
 # Above this |cos| two tensors are treated as colinear and SLERP falls back to linear interpolation (mergekit).
 SLERP_DOT_THRESHOLD = 0.9995
 SLERP_NORM_EPS = 1e-8
+# Elements per chunk of the fp64 reductions (8 MiB of fp64 per operand).
+REDUCE_CHUNK = 1 << 20
+RESCALE_EPS = 1e-7  # mergekit's rescaled_masked_tensor: norms below this are not rescaled
+
+
+@dataclass(frozen=True)
+class MergeParameters:
+    """The recipe's method parameters, resolved (every default explicit)."""
+
+    normalize: bool
+    scale: float = 1.0  # lambda
+    density: float = 1.0
+    rescale: bool = False
+    gamma: float = 0.01
+    epsilon: float = 0.15
+    t: float | None = None
+    select_topk: float = 1.0
+    filter_wise: bool = False
+    max_iter: int = 10
+    tol: float = 1e-5
+    eps: float = 1e-8
+    nuslerp_flatten: bool = True
+    nuslerp_row_wise: bool = False
+    seed: int | None = None
 
 
 def accumulator_dtype(*dtypes: torch.dtype) -> torch.dtype:
     return torch.float64 if torch.float64 in dtypes else torch.float32
+
+
+def is_elementwise(method: str, parameters: MergeParameters) -> bool:
+    """Whether each output element depends only on the same element of the inputs (then tensors merge in slices).
+    SLERP-like methods need whole-tensor angles, pruning needs whole-tensor rankings, rescaling whole-tensor norms."""
+    if method in ("linear", "task_arithmetic", "nearswap"):
+        return True
+    return method == "ties" and parameters.density >= 1.0
+
+
+# ---------------------------------------------------------------------------------------------------- reductions
+
+
+def _chunks(numel: int) -> range:
+    return range(0, numel, REDUCE_CHUNK)
+
+
+def dot64(first: torch.Tensor, second: torch.Tensor) -> float:
+    """sum(first * second) accumulated in fp64 (fp32 sums over tens of millions of elements drift by 1e-4)."""
+    a, b = first.reshape(-1), second.reshape(-1)
+    return math.fsum(
+        torch.dot(a[i : i + REDUCE_CHUNK].double(), b[i : i + REDUCE_CHUNK].double()).item() for i in _chunks(a.numel())
+    )
+
+
+def sumsq64(tensor: torch.Tensor) -> float:
+    flat = tensor.reshape(-1)
+    return math.fsum(
+        torch.linalg.vector_norm(flat[i : i + REDUCE_CHUNK], dtype=torch.float64).square().item()
+        for i in _chunks(flat.numel())
+    )
+
+
+def norm64(tensor: torch.Tensor) -> float:
+    return math.sqrt(sumsq64(tensor))
+
+
+def l1_64(tensor: torch.Tensor) -> float:
+    flat = tensor.reshape(-1)
+    return math.fsum(
+        torch.linalg.vector_norm(flat[i : i + REDUCE_CHUNK], ord=1, dtype=torch.float64).item()
+        for i in _chunks(flat.numel())
+    )
+
+
+def _combine(pairs: Sequence[tuple[float, torch.Tensor]], dtype: torch.dtype) -> torch.Tensor:
+    """sum_i c_i x_i, each chunk computed in fp64 and rounded once to `dtype` (for SLERP's 1e-6 bound)."""
+    shape = pairs[0][1].shape
+    flats = [(coefficient, tensor.reshape(-1)) for coefficient, tensor in pairs]
+    out = torch.empty(flats[0][1].numel(), dtype=dtype)
+    for i in _chunks(out.numel()):
+        chunk = torch.zeros(min(REDUCE_CHUNK, out.numel() - i), dtype=torch.float64)
+        for coefficient, flat in flats:
+            chunk.add_(flat[i : i + REDUCE_CHUNK].double(), alpha=coefficient)
+        out[i : i + REDUCE_CHUNK] = chunk
+    return out.view(shape)
+
+
+def seeded_generator(seed: int | None, key: str, index: int) -> torch.Generator:
+    """A generator for one (tensor, source) pair: the random draws do not depend on which thread merges which tensor
+    or in what order, so a seeded merge gives the same bytes every time."""
+    digest = hashlib.sha256(f"{seed}\0{key}\0{index}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
+# ---------------------------------------------------------------------------------------------------- elementwise
 
 
 def linear(
@@ -41,25 +281,6 @@ def linear(
     return torch.mv(stacked.to(dtype).T, coefficients, out=out)
 
 
-def slerp(first: torch.Tensor, second: torch.Tensor, t: float) -> torch.Tensor:
-    """Spherical interpolation from `first` (t=0) to `second` (t=1) over the whole flattened tensor.
-
-    The angle comes from the unit-normalised copies; nearly colinear tensors (|cos| > 0.9995) are interpolated
-    linearly, as mergekit does.
-    """
-    dtype = accumulator_dtype(first.dtype, second.dtype)
-    v0 = first.to(dtype, copy=True)
-    v1 = second.to(dtype, copy=True)
-    norm0, norm1 = v0.norm().item(), v1.norm().item()
-    dot = torch.dot(v0.flatten(), v1.flatten()).item()
-    dot /= (norm0 if norm0 > SLERP_NORM_EPS else 1.0) * (norm1 if norm1 > SLERP_NORM_EPS else 1.0)
-    if abs(dot) > SLERP_DOT_THRESHOLD:
-        return v0.mul_(1.0 - t).add_(v1, alpha=t)
-    theta = math.acos(dot)
-    sin_theta = math.sin(theta)
-    return v0.mul_(math.sin((1.0 - t) * theta) / sin_theta).add_(v1, alpha=math.sin(t * theta) / sin_theta)
-
-
 def task_arithmetic(
     base: torch.Tensor, tensors: Sequence[torch.Tensor], weights: Sequence[float], normalize: bool, scale: float
 ) -> torch.Tensor:
@@ -73,16 +294,305 @@ def task_arithmetic(
     return accumulator.mul_(scale).add_(base)
 
 
-def magnitude_prune(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """Keep the int(density * numel) entries of largest |delta| (in place), zero the rest. Ties in |delta| are
-    broken by position (stable sort), so the result is deterministic."""
-    if density >= 1.0:
+def nearswap(base: torch.Tensor, tensor: torch.Tensor, t: float) -> torch.Tensor:
+    """w = clamp(t / max(|b - x|, 1e-6), 0, 1); w x + (1 - w) b: entries where the source is within t of the base
+    take the source, farther ones move towards the base."""
+    dtype = accumulator_dtype(base.dtype, tensor.dtype)
+    b = base.to(dtype)
+    x = tensor.to(dtype)
+    weight = (b - x).abs_().clamp_(min=1e-6).reciprocal_().mul_(t).clamp_(0.0, 1.0)
+    return x.mul(weight).add_(b.mul(weight.neg_().add_(1.0)))
+
+
+# ---------------------------------------------------------------------------------------------------- spherical
+
+
+def slerp(first: torch.Tensor, second: torch.Tensor, t: float) -> torch.Tensor:
+    """Spherical interpolation from `first` (t=0) to `second` (t=1) over the whole flattened tensor.
+
+    The angle comes from fp64 norms and dot product; nearly colinear tensors (|cos| > 0.9995) are interpolated
+    linearly, as mergekit does. The combination is formed in fp64 and rounded once.
+    """
+    dtype = accumulator_dtype(first.dtype, second.dtype)
+    norm0, norm1 = norm64(first), norm64(second)
+    dot = dot64(first, second)
+    dot /= (norm0 if norm0 > SLERP_NORM_EPS else 1.0) * (norm1 if norm1 > SLERP_NORM_EPS else 1.0)
+    dot = min(1.0, max(-1.0, dot))
+    if abs(dot) > SLERP_DOT_THRESHOLD:
+        return _combine([(1.0 - t, first), (t, second)], dtype)
+    theta = math.acos(dot)
+    sin_theta = math.sin(theta)
+    return _combine(
+        [(math.sin((1.0 - t) * theta) / sin_theta, first), (math.sin(t * theta) / sin_theta, second)], dtype
+    )
+
+
+def _vectors(tensor: torch.Tensor, row_wise: bool) -> torch.Tensor:
+    """A 2-D (vectors, length) view: vectors along the last dimension, or along the first with `row_wise`."""
+    if tensor.dim() < 2:
+        return tensor.reshape(1, -1)
+    if row_wise:
+        tensor = tensor.transpose(0, -1)
+    return tensor.reshape(-1, tensor.shape[-1])
+
+
+def nuslerp(
+    tensors: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    base: torch.Tensor | None,
+    flatten: bool,
+    row_wise: bool,
+) -> torch.Tensor:
+    """mergekit's NuSLERP: t = w2 / (w1 + w2) (0.5 when the sum is below 1e-6); SLERP of the two sources (of their
+    task vectors when there is a base, added back), over the flattened tensor or per row / column vector; a
+    colinear pair (1 - cos^2 <= 1e-16) is interpolated linearly. No 0.9995 threshold, unlike `slerp`."""
+    total = math.fsum(weights)
+    t = 0.5 if abs(total) < 1e-6 else weights[1] / total
+    dtype = accumulator_dtype(*(x.dtype for x in tensors), *((base.dtype,) if base is not None else ()))
+    v0, v1 = (x.to(dtype) if base is None else x.to(dtype) - base.to(dtype) for x in tensors)
+    shape = v0.shape
+    if flatten:
+        a, b = v0.reshape(1, -1), v1.reshape(1, -1)
+    else:
+        a, b = _vectors(v0, row_wise), _vectors(v1, row_wise)
+    rows = max(1, REDUCE_CHUNK // max(a.shape[1], 1))
+    result = torch.empty_like(a)
+    for start in range(0, a.shape[0], rows):
+        x, y = a[start : start + rows].double(), b[start : start + rows].double()
+        if flatten:  # one vector: reduce it in chunks, fp64
+            nx, ny, dot = norm64(x), norm64(y), dot64(x, y)
+            nx_t, ny_t, dot_t = (torch.tensor([[value]], dtype=torch.float64) for value in (nx, ny, dot))
+        else:
+            nx_t = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+            ny_t = torch.linalg.vector_norm(y, dim=-1, keepdim=True)
+            dot_t = (x * y).sum(-1, keepdim=True)
+        cos = (dot_t / nx_t.clamp(min=1e-7) / ny_t.clamp(min=1e-7)).clamp(-1.0, 1.0)
+        colinear = (1.0 - cos.square()) <= 1e-16
+        theta = torch.acos(torch.where(colinear, 0.0, cos))
+        sin_theta = torch.sin(theta)
+        spherical = (torch.sin((1.0 - t) * theta) * x + torch.sin(t * theta) * y) / torch.where(
+            colinear, 1.0, sin_theta
+        )
+        result[start : start + rows] = torch.where(colinear, (1.0 - t) * x + t * y, spherical)
+    if not flatten and row_wise and len(shape) >= 2:
+        result = result.reshape(v0.transpose(0, -1).shape).transpose(0, -1)
+    result = result.reshape(shape)
+    return result if base is None else result.add_(base.to(dtype))
+
+
+def multislerp(
+    tensors: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    base: torch.Tensor | None,
+    normalize: bool,
+    eps: float,
+    key: str,
+) -> torch.Tensor:
+    """mergekit's Multi-SLERP: v_i = x_i (- b); unit vectors u_i = v_i / (|v_i| + eps); m = sum_i w_i u_i (weights
+    divided by their sum when `normalize`); result = m / |m| * sum_i w_i |v_i| (+ b).
+
+    mergekit also projects the u_i onto the tangent space at m/|m| and maps their weighted sum back, but that sum is
+    identically zero (sum_i w_i (u_i - (u_i . m/|m|) m/|m|) = m - |m| m/|m|), so the exponential map returns m/|m|;
+    it is left out. Two sources whose weighted unit vectors cancel (|m| < eps) are averaged linearly, more refuse.
+    """
+    if len(tensors) == 1:
+        return tensors[0].to(accumulator_dtype(tensors[0].dtype), copy=True)
+    dtype = accumulator_dtype(*(x.dtype for x in tensors), *((base.dtype,) if base is not None else ()))
+    total = math.fsum(weights) if normalize else 1.0
+    coefficients = [weight / total for weight in weights]
+
+    def vector(x: torch.Tensor) -> torch.Tensor:
+        return x.to(dtype, copy=True) if base is None else x.to(dtype).sub(base)
+
+    norms = [norm64(vector(x)) for x in tensors]
+    mean = torch.zeros(tensors[0].shape, dtype=dtype)
+    for x, coefficient, norm in zip(tensors, coefficients, norms):
+        mean.add_(vector(x), alpha=coefficient / (norm + eps))
+    mean_norm = norm64(mean)
+    if mean_norm < eps:
+        if len(tensors) != 2:
+            raise InputError(
+                f"multislerp: the weighted unit vectors of tensor {key!r} cancel out (antipodal sources whose weights "
+                "balance); change the weights"
+            )
+        result = vector(tensors[0]).mul_(coefficients[0]).add_(vector(tensors[1]), alpha=coefficients[1])
+    else:
+        scale = math.fsum(c * n for c, n in zip(coefficients, norms))
+        result = mean.mul_(math.cos(eps) * scale / mean_norm)
+    return result if base is None else result.add_(base.to(dtype))
+
+
+def karcher(tensors: Sequence[torch.Tensor], max_iter: int, tol: float) -> torch.Tensor:
+    """mergekit's Karcher mean: the Riemannian mean of the unit directions u_i = x_i / |x_i| (equal weights
+    alpha_i = 1/n over every input, the base included; per-source weights are ignored, as in mergekit), by up to
+    `max_iter` steps m <- exp_m(sum_i alpha_i theta_i / sin(theta_i) (u_i - cos(theta_i) m)), stopping when the step
+    is below `tol`; scaled by sum_i alpha_i |x_i|. Inputs with |x_i| <= tol are left out of the direction.
+
+    Each step is a linear combination of the inputs, so the u_i are never stored: two buffers, any number of inputs.
+    """
+    dtype = accumulator_dtype(*(x.dtype for x in tensors))
+    count = len(tensors)
+    alphas = [1.0 / count] * count
+    norms = [norm64(x) for x in tensors]
+    scale = math.fsum(alpha * norm for alpha, norm in zip(alphas, norms))
+    valid = [index for index, norm in enumerate(norms) if norm > tol]
+    if not valid:
+        return torch.zeros(tensors[0].shape, dtype=dtype)
+    total = math.fsum(alphas[index] for index in valid)
+    weights = {index: alphas[index] / total for index in valid}
+    mean = torch.zeros(tensors[0].shape, dtype=dtype)
+    for index in valid:
+        mean.add_(tensors[index].to(dtype), alpha=weights[index] / norms[index])
+    mean_norm = norm64(mean)
+    if mean_norm < tol:
+        mean = tensors[valid[0]].to(dtype, copy=True).div_(norms[valid[0]])
+    else:
+        mean.div_(mean_norm)
+    tangent = torch.empty_like(mean)
+    for _ in range(max_iter):
+        tangent.zero_()
+        mean_coefficient = 0.0
+        for index in valid:
+            cos = min(1.0, max(-1.0, dot64(mean, tensors[index]) / norms[index]))
+            theta = math.acos(cos)
+            if theta < tol:
+                continue
+            factor = weights[index] * theta / math.sin(theta)
+            tangent.add_(tensors[index].to(dtype), alpha=factor / norms[index])
+            mean_coefficient += factor * cos
+        tangent.sub_(mean, alpha=mean_coefficient)
+        tangent_norm = norm64(tangent)
+        if tangent_norm < tol:
+            break
+        mean.mul_(math.cos(tangent_norm)).add_(tangent, alpha=math.sin(tangent_norm) / tangent_norm)
+        unit_norm = norm64(mean)
+        if unit_norm > tol:
+            mean.div_(unit_norm)
+    return mean.mul_(scale)
+
+
+# ---------------------------------------------------------------------------------------------------- task vectors
+
+
+def _kth_largest(values: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th largest entry (k >= 1) of a flat tensor, in linear time."""
+    return torch.kthvalue(values, values.numel() - k + 1).values
+
+
+def sparsify(
+    delta: torch.Tensor,
+    method: str | None,
+    parameters: MergeParameters,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """Prune one task vector in place (and rescale it to its L1 norm with `rescale`), as mergekit's `sparsify`:
+
+    - magnitude (TIES): keep the k = max(1, int(density n)) entries of largest |delta|;
+    - random (DARE): keep each entry with probability density;
+    - outliers (breadcrumbs): drop the int(gamma n) largest |delta| and the smallest, keeping int(density n) (fewer
+      outliers dropped when density + gamma > 1);
+    - della: per row (along dimension 1; a 1-D tensor is one row), keep entry j with probability
+      density - epsilon + 2 epsilon r_j / (n_row - 1), r_j its rank by |delta| from 0 (smallest).
+    Rescaling multiplies the kept entries by |delta|_1 / |kept|_1 (both at least 1e-7, else unchanged).
+    """
+    density = parameters.density
+    if method is None or density >= 1.0 or delta.numel() == 0:
         return delta
-    keep = int(density * delta.numel())
+    before = l1_64(delta) if parameters.rescale else 0.0
     flat = delta.view(-1)
-    order = torch.argsort(flat.abs(), descending=True, stable=True)
-    flat[order[keep:]] = 0
+    numel = flat.numel()
+    if method == "magnitude":
+        magnitude = flat.abs()
+        threshold = _kth_largest(magnitude, max(1, int(density * numel)))
+        flat.mul_(magnitude >= threshold)
+    elif method == "outliers":
+        kept = int(density * numel)
+        dropped_top = int(parameters.gamma * numel)
+        dropped_bottom = max(0, numel - kept - dropped_top)
+        if kept == 0:
+            flat.zero_()
+        else:
+            magnitude = flat.abs()
+            keep = torch.ones(numel, dtype=torch.bool)
+            if dropped_bottom > 0:
+                keep &= magnitude >= torch.kthvalue(magnitude, dropped_bottom + 1).values
+            if dropped_bottom + kept < numel:
+                keep &= magnitude < torch.kthvalue(magnitude, dropped_bottom + kept + 1).values
+            flat.mul_(keep)
+    elif method == "random":
+        flat.mul_(torch.rand(numel, generator=generator, dtype=torch.float64) < density)
+    elif method == "della":
+        rows = delta.view(1, -1) if delta.dim() < 2 else delta  # ranked along dimension 1, as mergekit does
+        length = rows.shape[1]
+        order = torch.argsort(rows.abs(), dim=1)
+        positions = torch.arange(length).view(1, length, *([1] * (rows.dim() - 2))).expand_as(order).contiguous()
+        ranks = torch.empty_like(order).scatter_(1, order, positions)
+        # A row of one entry has no spread of ranks: it is kept with probability density (mergekit fails there).
+        rank_norm = ranks.to(torch.float64).div_(length - 1) if length > 1 else torch.full(ranks.shape, 0.5)
+        probabilities = rank_norm.mul_(2 * parameters.epsilon).add_(density - parameters.epsilon)
+        rows.mul_(torch.rand(rows.shape, generator=generator, dtype=torch.float64) < probabilities)
+    else:  # pragma: no cover (the plan validates method names)
+        raise ValueError(method)
+    if parameters.rescale:
+        after = l1_64(delta)
+        if before >= RESCALE_EPS and after >= RESCALE_EPS:
+            delta.mul_(before / after)
     return delta
+
+
+def task_vector_merge(
+    method: str,
+    base: torch.Tensor,
+    tensors: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    parameters: MergeParameters,
+    key: str,
+) -> torch.Tensor:
+    """mergekit's generalized task arithmetic (task_arithmetic, ties, dare_*, breadcrumbs*, della*):
+    delta_i = sparsify(x_i - b); d_i = w_i delta_i.
+    Without consensus: mixed = sum_i d_i, divided by sum_i w_i (1 if below 1e-8) when `normalize`.
+    With consensus: s = sign(sum_i d_i) (>= 0 is +); mixed = sum_i d_i [sign d_i = s], divided by
+    sum_i w_i [sign d_i = s] (1 where that is 0) when `normalize`.
+    Result: b + lambda * mixed.
+
+    Each task vector is made and pruned once. The sign election keeps the positive and negative parts (and their
+    weights) apart, so the sum of the agreeing side needs no second visit of the sources.
+    """
+    dtype = accumulator_dtype(base.dtype, *(x.dtype for x in tensors))
+    sparsification = SPARSIFICATION[method]
+    consensus = method in CONSENSUS_METHODS
+    b = base.to(dtype)
+    delta = torch.empty(base.shape, dtype=dtype)
+    if consensus:
+        positive, negative = torch.zeros_like(delta), torch.zeros_like(delta)
+        positive_weight = torch.zeros_like(delta) if parameters.normalize else None
+        negative_weight = torch.zeros_like(delta) if parameters.normalize else None
+    else:
+        mixed = torch.zeros_like(delta)
+    for index, (tensor, weight) in enumerate(zip(tensors, weights)):
+        torch.sub(tensor.to(dtype), b, out=delta)
+        generator = seeded_generator(parameters.seed, key, index) if sparsification in ("random", "della") else None
+        sparsify(delta, sparsification, parameters, generator)
+        delta.mul_(weight)
+        if not consensus:
+            mixed.add_(delta)
+            continue
+        positive.add_(delta.clamp(min=0))
+        negative.add_(delta.clamp(max=0))
+        if positive_weight is not None:
+            positive_weight.add_(delta > 0, alpha=weight)
+            negative_weight.add_(delta < 0, alpha=weight)
+    if consensus:
+        elected_positive = (positive + negative) >= 0
+        mixed = torch.where(elected_positive, positive, negative)
+        if positive_weight is not None:
+            divisor = torch.where(elected_positive, positive_weight, negative_weight)
+            divisor[divisor == 0] = 1.0
+            mixed.div_(divisor)
+    elif parameters.normalize:
+        total = math.fsum(weights)
+        mixed.div_(total if abs(total) >= 1e-8 else 1.0)
+    return mixed.mul_(parameters.scale).add_(b)
 
 
 def ties(
@@ -93,30 +603,104 @@ def ties(
     normalize: bool,
     scale: float,
 ) -> torch.Tensor:
-    """TIES-merging: prune each task vector to `density`, elect a sign per entry (sign of sum_i w_i delta_i, >= 0
-    counting as +), keep only the weighted deltas that agree with it, sum them (divided by the sum of the agreeing
-    weights when `normalize`, an empty sum dividing by 1) and add lambda times that to the base.
+    """TIES-merging (see `task_vector_merge`)."""
+    parameters = MergeParameters(normalize=normalize, scale=scale, density=density)
+    return task_vector_merge("ties", base, tensors, weights, parameters, "")
 
-    Two passes over the sources (sign election, then the agreeing sum) keep memory at a few tensors for any number
-    of sources.
-    """
-    dtype = accumulator_dtype(base.dtype, *(t.dtype for t in tensors))
 
-    def weighted_delta(tensor: torch.Tensor, weight: float) -> torch.Tensor:
-        return magnitude_prune(tensor.to(dtype, copy=True).sub_(base), density).mul_(weight)
+def model_stock(base: torch.Tensor, tensors: Sequence[torch.Tensor], filter_wise: bool) -> torch.Tensor:
+    """Model Stock: offsets delta_i = x_i - b; c = mean over pairs i < j of clamp(delta_i . delta_j /
+    max(|delta_i| |delta_j|, 1e-6), -1, 1) (over the whole tensor, or per vector along the last dimension with
+    `filter_wise`); t = n c / (1 + (n - 1) c) (0 where the denominator is below 1e-6);
+    result = t mean_i(x_i) + (1 - t) b."""
+    dtype = accumulator_dtype(base.dtype, *(x.dtype for x in tensors))
+    count = len(tensors)
+    shape = base.shape
+    b = base.to(dtype)
+    if filter_wise:
+        vectors_b = b.reshape(1, -1) if b.dim() < 2 else b.reshape(-1, shape[-1])
+    else:
+        vectors_b = b.reshape(1, -1)
+    rows, length = vectors_b.shape
+    gram = torch.zeros(rows, count, count, dtype=torch.float64)
+    step = max(1, REDUCE_CHUNK // max(length, 1)) if filter_wise else 1
+    for start in range(0, rows, step):
+        if filter_wise:
+            deltas = (
+                torch.stack([x.reshape(rows, length)[start : start + step].double() for x in tensors])
+                - vectors_b[start : start + step].double()
+            )
+            gram[start : start + step] += torch.einsum("irl,jrl->rij", deltas, deltas)
+        else:
+            flat_b = vectors_b[0]
+            for i in _chunks(length):
+                deltas = torch.stack([x.reshape(-1)[i : i + REDUCE_CHUNK].double() for x in tensors])
+                deltas -= flat_b[i : i + REDUCE_CHUNK].double()
+                gram[0] += deltas @ deltas.T
+    norms = torch.diagonal(gram, dim1=1, dim2=2).sqrt()
+    cosines = []
+    for i in range(count):
+        for j in range(i + 1, count):
+            product = (norms[:, i] * norms[:, j]).clamp(min=1e-6)
+            cosines.append((gram[:, i, j] / product).clamp(-1.0, 1.0))
+    cos = torch.stack(cosines).mean(dim=0)
+    denominator = 1 + (count - 1) * cos
+    singular = denominator.abs() < 1e-6
+    t = torch.where(singular, 0.0, count * cos / torch.where(singular, 1.0, denominator)).to(dtype)
+    average = torch.zeros_like(b)
+    for x in tensors:
+        average.add_(x.to(dtype))
+    average.div_(count)
+    t = t.reshape(rows, 1)
+    result = average.reshape(rows, length).mul_(t).add_(vectors_b * (1 - t))
+    return result.reshape(shape)
 
-    elected = torch.zeros(base.shape, dtype=dtype)
-    for tensor, weight in zip(tensors, weights):
-        elected.add_(weighted_delta(tensor, weight))
-    elected = torch.where(elected >= 0, 1.0, -1.0).to(dtype)
-    mixed = torch.zeros(base.shape, dtype=dtype)
-    divisor = torch.zeros(base.shape, dtype=dtype)
-    for tensor, weight in zip(tensors, weights):
-        delta = weighted_delta(tensor, weight)
-        agrees = delta.sign() == elected
-        mixed.add_(delta.mul_(agrees))
-        divisor.add_(agrees.to(dtype), alpha=weight)
-    if normalize:
-        divisor[divisor == 0] = 1.0
-        mixed.div_(divisor)
-    return mixed.mul_(scale).add_(base)
+
+def sce(base: torch.Tensor, tensors: Sequence[torch.Tensor], select_topk: float) -> torch.Tensor:
+    """SCE (per-source weights are ignored, as in mergekit): task vectors delta_i = x_i - b; with select_topk < 1,
+    only the k = int(select_topk * count_nonzero(var)) entries of largest variance across the delta_i are kept;
+    weights w_i = mean(delta_i^2) / sum_j mean(delta_j^2) (equal when that sum is below 1e-6); s = sign(sum_i delta_i)
+    (>= 0 is +); result = b + sum_i w_i delta_i [sign delta_i = s] / max(sum_i w_i [sign delta_i = s], 1e-6)."""
+    dtype = accumulator_dtype(base.dtype, *(x.dtype for x in tensors))
+    b = base.to(dtype)
+    count = len(tensors)
+    keep = None
+    if select_topk < 1.0:
+        mean = torch.zeros_like(b)
+        for x in tensors:
+            mean.add_(x.to(dtype) - b)
+        mean.div_(count)
+        variance = torch.zeros_like(b)
+        for x in tensors:
+            variance.add_((x.to(dtype) - b - mean).square_())
+        variance.div_(count)
+        del mean
+        k = int(int(torch.count_nonzero(variance)) * select_topk) if select_topk > 0 else 0
+        if k == 0:
+            keep = torch.zeros(b.shape, dtype=torch.bool)
+        else:
+            flat = variance.view(-1)
+            keep = (variance >= _kth_largest(flat, k)).view(b.shape)
+        del variance
+
+    def delta(x: torch.Tensor) -> torch.Tensor:
+        d = x.to(dtype) - b
+        return d.mul_(keep) if keep is not None else d
+
+    energies = [sumsq64(delta(x)) / max(b.numel(), 1) for x in tensors]
+    total = math.fsum(energies)
+    weights = [1.0 / count] * count if abs(total) < 1e-6 else [energy / total for energy in energies]
+    positive, negative = torch.zeros_like(b), torch.zeros_like(b)
+    positive_weight, negative_weight = torch.zeros_like(b), torch.zeros_like(b)
+    elected = torch.zeros_like(b)
+    for x, weight in zip(tensors, weights):
+        d = delta(x)
+        elected.add_(d)
+        positive.add_(d.clamp(min=0), alpha=weight)
+        negative.add_(d.clamp(max=0), alpha=weight)
+        positive_weight.add_(d > 0, alpha=weight)
+        negative_weight.add_(d < 0, alpha=weight)
+    elected_positive = elected >= 0
+    mixed = torch.where(elected_positive, positive, negative)
+    divisor = torch.where(elected_positive, positive_weight, negative_weight).clamp_(min=1e-6)
+    return mixed.div_(divisor).add_(b)

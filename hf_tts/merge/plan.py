@@ -12,6 +12,7 @@ import json
 import math
 import numbers
 import os
+import secrets
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -20,14 +21,16 @@ import regex
 import torch
 import yaml
 
+from hf_tts.convert.xtts import is_trainer_only
 from hf_tts.errors import CheckpointMismatchError, InputError
 from hf_tts.file_utils import MAX_YAML_BYTES, check_finite, load_yaml
-from hf_tts.merge.methods import BASE_METHODS, DEFAULT_NORMALIZE, METHODS
+from hf_tts.merge.methods import DEFAULT_NORMALIZE, DEFAULT_RESCALE, METHODS, SPECS, MergeParameters
 from hf_tts.merge.sources import (
     PROCESSING_FILES,
     SAFETENSORS_DTYPES,
     VOCODER_PREFIX,
     MergeSource,
+    RenamedReader,
     SourceOptions,
     TensorInfo,
     open_source,
@@ -55,7 +58,15 @@ _RECIPE_KEYS = (
     "merge_method", "models", "base_model", "parameters", "layer_weights", "dtype", "source", "arch", "vocab",
     "config_from", "max_shard_size", "allow_config_mismatch",
 )  # fmt: skip
-_PARAMETER_KEYS = ("normalize", "lambda", "density")
+# Method parameters of a recipe's `parameters:` (mergekit's names); each method reads those its spec lists.
+_PARAMETER_KEYS = (
+    "normalize", "lambda", "density", "rescale", "gamma", "epsilon", "t", "select_topk", "filter_wise", "max_iter",
+    "tol", "eps", "nuslerp_flatten", "nuslerp_row_wise", "seed",
+)  # fmt: skip
+# Recipe field names of the parameters whose recipe name differs (lambda is a Python keyword).
+_FIELD_NAMES = {"lambda": "scale"}
+MAX_SEED = (1 << 63) - 1
+MAX_KARCHER_ITERATIONS = 1000
 
 
 @dataclass
@@ -155,6 +166,17 @@ def _mapping(value: Any, where: str, keys: tuple[str, ...], required: tuple[str,
     return value
 
 
+def _integer(value: Any, where: str, low: int, high: int) -> int:
+    """A whole number in [low, high], given as an integer (not a boolean, a float or text)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InputError(
+            f"{where} must be a whole number in [{low}, {high}], got {value!r:.80} ({type(value).__name__})"
+        )
+    if not low <= int(value) <= high:
+        raise InputError(f"{where} must be in [{low}, {high}], got {value}")
+    return int(value)
+
+
 def _shard_size_value(value: Any, where: str) -> str | int:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise InputError(f"{where} must be a size such as 5GB or a number of bytes, got {value!r:.80}")
@@ -180,6 +202,18 @@ class MergeRecipe:
     config_from: str | None = None
     max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE
     allow_config_mismatch: bool = False
+    rescale: bool | None = None  # None: the method's default (on for DARE and DELLA)
+    gamma: float = 0.01  # breadcrumbs: fraction of largest |delta| dropped
+    epsilon: float = 0.15  # DELLA: spread of keep probabilities around density
+    t: float | None = None  # nearswap: similarity threshold (required)
+    select_topk: float = 1.0  # SCE: fraction of highest-variance entries kept
+    filter_wise: bool = False  # model_stock: one interpolation factor per row instead of per tensor
+    max_iter: int = 10  # karcher
+    tol: float = 1e-5  # karcher
+    eps: float = 1e-8  # multislerp
+    nuslerp_flatten: bool = True
+    nuslerp_row_wise: bool = False
+    seed: int | None = None  # DARE / DELLA random draws; None: drawn once and recorded in the saved recipe
 
     def check_types(self) -> None:
         """Every field has its type (a recipe built in Python is checked as strictly as one read from YAML)."""
@@ -205,6 +239,16 @@ class MergeRecipe:
         _text(self.source, "source")
         _shard_size_value(self.max_shard_size, "max_shard_size")
         _flag(self.allow_config_mismatch, "allow_config_mismatch")
+        _flag(self.rescale, "rescale", optional=True)
+        for name in ("gamma", "epsilon", "select_topk", "tol", "eps"):
+            _number(getattr(self, name), name)
+        if self.t is not None:
+            _number(self.t, "t")
+        for name in ("filter_wise", "nuslerp_flatten", "nuslerp_row_wise"):
+            _flag(getattr(self, name), name)
+        _integer(self.max_iter, "max_iter", 1, MAX_KARCHER_ITERATIONS)
+        if self.seed is not None:
+            _integer(self.seed, "seed", 0, MAX_SEED)
 
     def resolved(self) -> MergeRecipe:
         """A copy with every default made explicit (what is saved, so re-running it needs nothing else)."""
@@ -217,6 +261,9 @@ class MergeRecipe:
                 "base": None if self.base is None else os.fspath(self.base),
                 "scale": float(self.scale),
                 "density": float(self.density),
+                "rescale": DEFAULT_RESCALE.get(self.method, False) if self.rescale is None else self.rescale,
+                **{name: float(getattr(self, name)) for name in ("gamma", "epsilon", "select_topk", "tol", "eps")},
+                "t": None if self.t is None else float(self.t),
                 "layer_weights": [
                     LayerRule(rule.pattern, [float(w) for w in rule.weights]) for rule in self.layer_weights
                 ],
@@ -230,7 +277,7 @@ class MergeRecipe:
             "merge_method": recipe.method,
             "models": [{"model": model, "weight": weight} for model, weight in zip(recipe.models, recipe.weights)],
             "base_model": recipe.base,
-            "parameters": {"normalize": recipe.normalize, "lambda": recipe.scale, "density": recipe.density},
+            "parameters": recipe.parameter_document(),
             "layer_weights": [
                 {"pattern": rule.pattern, "weights": list(rule.weights)} for rule in recipe.layer_weights
             ],
@@ -243,6 +290,33 @@ class MergeRecipe:
             "allow_config_mismatch": recipe.allow_config_mismatch,
         }
         return yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
+
+    def parameter_document(self) -> dict[str, Any]:
+        """`parameters:` of the saved recipe: normalize, lambda and density, plus those the method reads."""
+        names = ["normalize", "lambda", "density"]
+        spec = SPECS.get(self.method)
+        names += [name for name in (spec.parameters if spec else ()) if name not in names]
+        return {name: getattr(self, _FIELD_NAMES.get(name, name)) for name in names}
+
+    def merge_parameters(self) -> MergeParameters:
+        """The method parameters of a resolved recipe."""
+        return MergeParameters(
+            normalize=bool(self.normalize),
+            scale=self.scale,
+            density=self.density,
+            rescale=bool(self.rescale),
+            gamma=self.gamma,
+            epsilon=self.epsilon,
+            t=self.t,
+            select_topk=self.select_topk,
+            filter_wise=self.filter_wise,
+            max_iter=self.max_iter,
+            tol=self.tol,
+            eps=self.eps,
+            nuslerp_flatten=self.nuslerp_flatten,
+            nuslerp_row_wise=self.nuslerp_row_wise,
+            seed=self.seed,
+        )
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> MergeRecipe:
@@ -298,6 +372,23 @@ class MergeRecipe:
             allow_config_mismatch=_flag(
                 document.get("allow_config_mismatch", False), f"{where}: allow_config_mismatch"
             ),
+            rescale=_flag(parameters.get("rescale"), f"{where}: parameters.rescale", optional=True),
+            **{
+                name: _number(parameters.get(name, default), f"{where}: parameters.{name}")
+                for name, default in (("gamma", 0.01), ("epsilon", 0.15), ("select_topk", 1.0), ("tol", 1e-5))
+                + (("eps", 1e-8),)
+            },
+            t=None if parameters.get("t") is None else _number(parameters["t"], f"{where}: parameters.t"),
+            **{
+                name: _flag(parameters.get(name, default), f"{where}: parameters.{name}")
+                for name, default in (("filter_wise", False), ("nuslerp_flatten", True), ("nuslerp_row_wise", False))
+            },
+            max_iter=_integer(
+                parameters.get("max_iter", 10), f"{where}: parameters.max_iter", 1, MAX_KARCHER_ITERATIONS
+            ),
+            seed=None
+            if parameters.get("seed") is None
+            else _integer(parameters["seed"], f"{where}: parameters.seed", 0, MAX_SEED),
         )
 
 
@@ -331,6 +422,10 @@ class MergePlan:
         return self.sources[0].family
 
     @property
+    def parameters(self) -> MergeParameters:
+        return self.recipe.merge_parameters()
+
+    @property
     def total_bytes(self) -> int:
         return sum(TensorInfo(task.info.shape, task.out_dtype).nbytes for task in self.tasks)
 
@@ -341,8 +436,9 @@ class MergePlan:
         recipe = self.recipe
         lines = [
             f"merge plan: {recipe.method} of {len(self.sources)} {self.family} sources -> {self.layout}",
-            f"  normalize={recipe.normalize} lambda={recipe.scale} density={recipe.density} "
-            f"dtype={recipe.dtype or 'as inputs'}",
+            "  "
+            + " ".join(f"{name}={value}" for name, value in recipe.parameter_document().items())
+            + f" dtype={recipe.dtype or 'as inputs'}",
         ]
         for index, (source, weight) in enumerate(zip(self.sources, recipe.weights)):
             variant = f", {source.variant} weights" if source.variant else ""
@@ -413,17 +509,22 @@ def _check_weights(recipe: MergeRecipe) -> None:
     count = len(recipe.models)
     if recipe.method not in METHODS:
         raise InputError(f"unknown merge method {recipe.method!r}; choose one of {', '.join(METHODS)}")
+    spec = SPECS[recipe.method]
     if recipe.method == "slerp" and count != 2:
         raise InputError(f"slerp interpolates exactly 2 sources, got {count}")
     if recipe.method == "slerp" and recipe.base is not None:
         raise InputError("slerp takes no --base: it interpolates from the first source (weight share 0) to the second")
-    if recipe.method in BASE_METHODS and recipe.base is None:
+    if spec.base == "required" and recipe.base is None:
         raise InputError(f"{recipe.method} merges task vectors (source - base): pass --base SRC")
-    minimum = 1 if recipe.method in BASE_METHODS else 2
-    if count < minimum:
-        raise InputError(f"{recipe.method} needs at least {minimum} sources, got {count}")
+    if spec.base == "none" and recipe.base is not None:
+        raise InputError(f"{recipe.method} takes no --base (it combines the sources themselves); drop --base")
+    if count < spec.min_sources:
+        raise InputError(f"{recipe.method} needs at least {spec.min_sources} sources, got {count}")
+    if spec.max_sources is not None and count > spec.max_sources:
+        raise InputError(f"{recipe.method} takes at most {spec.max_sources} source(s) besides the base, got {count}")
     if not 0.0 < recipe.density <= 1.0:
         raise InputError(f"--density must be in (0, 1] (the fraction of each task vector kept), got {recipe.density}")
+    _check_method_parameters(recipe)
     if recipe.dtype is not None and recipe.dtype not in OUTPUT_DTYPES:
         raise InputError(f"--dtype {recipe.dtype!r} is not one of {', '.join(OUTPUT_DTYPES)}")
     if recipe.source not in ("ema", "online"):
@@ -450,6 +551,31 @@ def _check_weights(recipe: MergeRecipe) -> None:
         raise InputError(f"--lambda {recipe.scale:g} exceeds float32's range (±{_FLOAT32_MAX:.3g})")
     for rule in recipe.layer_weights:
         compile_layer_pattern(rule.pattern)
+
+
+def _check_method_parameters(recipe: MergeRecipe) -> None:
+    """The ranges of the method-specific parameters (mergekit's constraints, refused here instead of mid-merge)."""
+    if not 0.0 <= recipe.gamma <= 1.0:
+        raise InputError(
+            f"--gamma must be in [0, 1] (the fraction of largest task-vector entries dropped), got {recipe.gamma}"
+        )
+    if not 0.0 <= recipe.select_topk <= 1.0:
+        raise InputError(f"--select-topk must be in [0, 1] (the fraction of entries kept), got {recipe.select_topk}")
+    if recipe.epsilon < 0.0:
+        raise InputError(f"--epsilon must be >= 0, got {recipe.epsilon}")
+    della = recipe.method in ("della", "della_linear") and recipe.density < 1.0
+    if della and not (recipe.density - recipe.epsilon > 0.0 and recipe.density + recipe.epsilon < 1.0):
+        raise InputError(
+            f"{recipe.method}: density ± epsilon must lie in (0, 1) (keep probabilities), got density "
+            f"{recipe.density} and epsilon {recipe.epsilon}; lower --epsilon"
+        )
+    for name in ("tol", "eps"):
+        if not getattr(recipe, name) > 0.0:
+            raise InputError(f"--{name} must be positive, got {getattr(recipe, name)}")
+    if recipe.method == "nearswap" and recipe.t is None:
+        raise InputError("nearswap needs --t (entries of the source within t of the base are taken from the source)")
+    if recipe.t is not None and abs(recipe.t) > _FLOAT32_MAX:
+        raise InputError(f"--t {recipe.t:g} exceeds float32's range (±{_FLOAT32_MAX:.3g})")
 
 
 def compile_layer_pattern(pattern: str) -> regex.Pattern:
@@ -534,6 +660,28 @@ def _check_agreement(
                 )
 
 
+def _align_xtts_layouts(sources: list[MergeSource]) -> None:
+    """The first source's layout decides the output's. A released XTTS checkpoint first: the trainer-only modules of
+    trainer checkpoints are left out (Coqui's loader deletes them anyway). A trainer checkpoint first: every source
+    must have them, since the trainer restores them."""
+    if sources[0].kind != "xtts":
+        return
+    has_trainer_modules = [any(is_trainer_only(key) for key in source.reader.infos()) for source in sources]
+    if has_trainer_modules[0]:
+        lacking = next((index for index, present in enumerate(has_trainer_modules) if not present), None)
+        if lacking is not None and sources[lacking].kind == "xtts":
+            raise CheckpointMismatchError(
+                f"source 1 ({sources[0].spec}) is a Coqui trainer checkpoint (with the DVAE and mel front ends) but "
+                f"{sources[lacking].spec} is a released checkpoint without them; list a released checkpoint first to "
+                "write the released layout"
+            )
+        return
+    for source in sources:
+        if source.kind == "xtts":
+            names = {key: key for key in source.reader.infos() if not is_trainer_only(key)}
+            source.reader = RenamedReader(source.reader, names)
+
+
 def _check_copies_agree(labelled: list[tuple[str, MergeSource]], keys: list[str]) -> None:
     """Integer/bool buffers (step counters, `initted`, codebook sizes) and the vocoder are copied, never averaged:
     every source must hold the same values. Pages are handed back after each key (the vocoder is tens of MB)."""
@@ -547,6 +695,12 @@ def _check_copies_agree(labelled: list[tuple[str, MergeSource]], keys: list[str]
             check_finite(other, f"{label}: tensor {key!r}")
             if not torch.equal(first, other):
                 values = f"{first.tolist()} vs {other.tolist()}" if first.numel() < 5 else "values differ"
+                if is_trainer_only(key) and reference.kind == "xtts":
+                    raise CheckpointMismatchError(
+                        f"tensor {key!r} of a trainer-only module (DVAE, mel front ends) differs between "
+                        f"{reference_label} and {label}: fine-tunes of one base never change them, so these do not "
+                        "share a base; they are copied, never averaged"
+                    )
                 if key.startswith(VOCODER_PREFIX):
                     raise CheckpointMismatchError(
                         f"the vocoders of {reference_label} and {label} differ (tensor {key!r}): a vocoder is copied, "
@@ -592,12 +746,16 @@ def build_plan(recipe: MergeRecipe, *, trust_pickle: bool = False, token: str | 
     recipe.check_types()
     recipe = recipe.resolved()
     _check_weights(recipe)
+    if SPECS[recipe.method].random and recipe.seed is None:
+        # Drawn once and saved with the recipe, so the merge can be repeated exactly.
+        recipe.seed = secrets.randbelow(MAX_SEED + 1)
     max_shard_size = _parse_shard_size(recipe.max_shard_size)
     options = SourceOptions(
         arch=recipe.arch, vocab=recipe.vocab, source=recipe.source, trust_pickle=trust_pickle, token=token
     )
     sources = [open_source(spec, options) for spec in recipe.models]
     base = open_source(recipe.base, options) if recipe.base is not None else None
+    _align_xtts_layouts([*sources, *([base] if base is not None else [])])
     labelled = [(f"source {index + 1} ({source.spec})", source) for index, source in enumerate(sources)]
     if base is not None:
         labelled.append((f"base ({base.spec})", base))
@@ -615,6 +773,7 @@ def build_plan(recipe: MergeRecipe, *, trust_pickle: bool = False, token: str | 
     out_dtype = OUTPUT_DTYPES[recipe.dtype] if recipe.dtype else None
     tasks, copied = [], []
     supported = set(SAFETENSORS_DTYPES.values())
+    xtts = sources[0].kind == "xtts"
     for key in sorted(infos):
         info = infos[key]
         if info.dtype not in supported:
@@ -622,7 +781,7 @@ def build_plan(recipe: MergeRecipe, *, trust_pickle: bool = False, token: str | 
                 f"source 1 ({sources[0].spec}): tensor {key!r} has dtype {info.dtype}, which merging does not support "
                 f"(supported: {', '.join(sorted(SAFETENSORS_DTYPES))})"
             )
-        if not info.dtype.is_floating_point or key.startswith(VOCODER_PREFIX):
+        if not info.dtype.is_floating_point or key.startswith(VOCODER_PREFIX) or (xtts and is_trainer_only(key)):
             copied.append(key)
             tasks.append(TensorTask(key, info, info.dtype, False, (), None))
             continue

@@ -324,7 +324,7 @@ class MergeSource:
     """One opened source: its tensors, its files (hashed for the card) and what it must agree on with the others."""
 
     spec: str  # as the user gave it
-    kind: str  # "folder" | "hub" | "upstream" | "xtts"
+    kind: str  # "folder" | "hub" | "upstream" | "xtts" | "file" (a bare safetensors state dict)
     reader: TensorReader
     files: list[Path]  # the weight files read
     fingerprint: dict[str, Any]  # structural config fields compared across sources
@@ -476,6 +476,21 @@ def _open_xtts(spec: str, path: Path, checkpoint: dict, options: SourceOptions) 
     )
 
 
+def _looks_like_upstream_f5(path: Path) -> bool:
+    """An F5-TTS / E2-TTS export names its weights `ema_model.transformer.*` (or `transformer.*` for the CFM's own
+    state dict); any other safetensors file is merged as the plain state dict it is."""
+    header, _ = read_safetensors_header(path)
+    return any(key.startswith(("ema_model.", "transformer.")) for key in header if key != "__metadata__")
+
+
+def _open_bare_safetensors(spec: str, path: Path) -> MergeSource:
+    """A safetensors state dict without a config (any model): merged key by key, written as `model.safetensors`."""
+    reader = MappedSafetensors(path)
+    return MergeSource(
+        spec=spec, kind="file", reader=reader, files=[path], fingerprint={}, config={}, folder=None, vocab_files={}
+    )
+
+
 def _open_file(spec: str, path: Path, options: SourceOptions) -> MergeSource:
     if path.suffix not in _UPSTREAM_SUFFIXES:
         raise InputError(
@@ -483,6 +498,8 @@ def _open_file(spec: str, path: Path, options: SourceOptions) -> MergeSource:
             f"checkpoint or an XTTS checkpoint ({', '.join(_UPSTREAM_SUFFIXES)})"
         )
     if path.suffix == ".safetensors":
+        if options.arch is None and options.vocab is None and not _looks_like_upstream_f5(path):
+            return _open_bare_safetensors(spec, path)
         return _open_upstream_f5(spec, path, None, options)
     from hf_tts.convert.xtts import is_xtts_checkpoint
 

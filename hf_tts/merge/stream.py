@@ -97,9 +97,8 @@ class DistanceStats:
 
 def _is_elementwise(plan: MergePlan) -> bool:
     """Whether each output element depends only on the same element of the inputs, so a tensor can be merged in
-    chunks. SLERP needs the whole tensor's angle, magnitude pruning the whole tensor's ranking."""
-    recipe = plan.recipe
-    return recipe.method in ("linear", "task_arithmetic") or (recipe.method == "ties" and recipe.density >= 1.0)
+    chunks (see `methods.is_elementwise`)."""
+    return methods.is_elementwise(plan.recipe.method, plan.parameters)
 
 
 def _merge(
@@ -107,17 +106,32 @@ def _merge(
 ) -> torch.Tensor:
     """The merged values of `inputs` (the sources' slices stacked, or their whole tensors in a list; then the base if
     the method has one), in the accumulator dtype; linear merges (always sliced) write into `out`."""
-    recipe = plan.recipe
+    method = plan.recipe.method
+    parameters = plan.parameters
     weights = list(task.weights)
     sources = inputs[: len(plan.sources)]
     base = inputs[-1] if plan.base is not None else None
-    if recipe.method == "linear":
-        return methods.linear(sources, weights, recipe.normalize, out=out)
-    if recipe.method == "slerp":
+    if method == "linear":
+        return methods.linear(sources, weights, parameters.normalize, out=out)
+    if method == "slerp":
         return methods.slerp(sources[0], sources[1], weights[1] / math.fsum(weights))
-    if recipe.method == "task_arithmetic":
-        return methods.task_arithmetic(base, sources, weights, recipe.normalize, recipe.scale)
-    return methods.ties(base, sources, weights, recipe.density, recipe.normalize, recipe.scale)
+    if method == "task_arithmetic":
+        return methods.task_arithmetic(base, sources, weights, parameters.normalize, parameters.scale)
+    if method == "nearswap":
+        return methods.nearswap(base, sources[0], parameters.t)
+    if method in methods.SPARSIFICATION:
+        return methods.task_vector_merge(method, base, sources, weights, parameters, task.key)
+    if method == "nuslerp":
+        return methods.nuslerp(sources, weights, base, parameters.nuslerp_flatten, parameters.nuslerp_row_wise)
+    if method == "multislerp":
+        return methods.multislerp(sources, weights, base, parameters.normalize, parameters.eps, task.key)
+    if method == "karcher":
+        return methods.karcher(list(inputs), parameters.max_iter, parameters.tol)
+    if method == "model_stock":
+        return methods.model_stock(base, sources, parameters.filter_wise)
+    if method == "sce":
+        return methods.sce(base, sources, parameters.select_topk)
+    raise AssertionError(f"no formula for {method!r}")  # the plan validated the name
 
 
 def chunk_elements(input_count: int) -> int:
@@ -195,8 +209,9 @@ class _SliceWorker:
         else:
             if self._whole is None or self._whole[0] != task.key:
                 self._whole = None  # drop the previous tensor's merge before making the next
-                flats = [reader.tensor(task.key).reshape(-1) for reader in self.readers]
-                self._whole = (task.key, flats, _merge(self.plan, task, flats, None).reshape(-1))
+                tensors = [reader.tensor(task.key) for reader in self.readers]
+                merged_whole = _merge(self.plan, task, tensors, None).reshape(-1)
+                self._whole = (task.key, [tensor.reshape(-1) for tensor in tensors], merged_whole)
             _, flats, whole = self._whole
             inputs = torch.stack([flat[job.start : job.start + job.count] for flat in flats])
             merged = whole[job.start : job.start + job.count]
@@ -291,17 +306,37 @@ def stream_merge(
     if plan.base is not None:
         labelled.append((f"base ({plan.base.spec})", plan.base.reader))
     jobs = slice_jobs(plan, keys)
-    if not _is_elementwise(plan):
-        workers = 1
+    elementwise = _is_elementwise(plan)
     remaining = collections.Counter(job.task.key for job in jobs)  # slices left per key, to release its pages
-    in_order = _InOrderStatistics(stats, STATISTICS_WINDOW * workers)
+    # Whole-tensor methods: each worker takes a whole tensor at a time (from a shared queue, so a large tensor does
+    # not hold the others up), and may finish many slices ahead; what waits is only their statistics (a few numbers).
+    window = STATISTICS_WINDOW * workers if elementwise else max(len(jobs), 1)
+    in_order = _InOrderStatistics(stats, window)
+    groups: collections.deque[list[SliceJob]] = collections.deque()
+    if not elementwise:
+        for job in jobs:
+            if groups and groups[-1][0].task.key == job.task.key:
+                groups[-1].append(job)
+            else:
+                groups.append([job])
     failures: dict[int, BaseException] = {}
     lock = threading.Lock()
     stop = threading.Event()
 
-    def work(worker_jobs: list[SliceJob]) -> None:
+    def next_jobs(worker_jobs: list[SliceJob] | None) -> Iterator[SliceJob]:
+        if worker_jobs is not None:
+            yield from worker_jobs
+            return
+        while True:
+            with lock:
+                if not groups:
+                    return
+                group = groups.popleft()
+            yield from group
+
+    def work(worker_jobs: list[SliceJob] | None) -> None:
         worker = _SliceWorker(plan, labelled)
-        for job in worker_jobs:
+        for job in next_jobs(worker_jobs):
             in_order.wait_turn(job, stop)
             if stop.is_set():
                 return
@@ -325,7 +360,8 @@ def stream_merge(
     if workers == 1:
         work(jobs)
     else:
-        threads = [threading.Thread(target=work, args=(jobs[index::workers],), daemon=True) for index in range(workers)]
+        assignments = [jobs[index::workers] if elementwise else None for index in range(workers)]
+        threads = [threading.Thread(target=work, args=(assigned,), daemon=True) for assigned in assignments]
         try:
             for thread in threads:
                 thread.start()

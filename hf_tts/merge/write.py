@@ -122,7 +122,8 @@ def write_xtts_weights(plan: MergePlan, folder: Path, stats: DistanceStats, work
     mapped = MappedSafetensors(scratch)
     state_dict = {key: mapped.tensor(key) for key in sorted(mapped.infos())}
     target = folder / XTTS_WEIGHTS_NAME
-    save_xtts_checkpoint(target, state_dict, plan.donor.config, plan.sources[0].native.prefix)
+    donor = plan.donor.native if plan.donor.kind == "xtts" else plan.sources[0].native
+    save_xtts_checkpoint(target, state_dict, plan.donor.config, plan.sources[0].native.prefix, donor.trainer_entries)
     del state_dict, mapped
     shutil.rmtree(scratch_folder)
     return target
@@ -138,6 +139,8 @@ def copy_companion_files(plan: MergePlan, folder: Path) -> None:
             if (donor.folder / name).is_file():
                 shutil.copyfile(donor.folder / name, folder / name)
         return
+    if donor.kind == "file":
+        return  # a bare state dict: no config, tokenizer or processor to carry
     raw_config = donor.folder / "config.json" if donor.folder is not None else None
     config = json.loads(raw_config.read_text(encoding="utf-8")) if raw_config else dict(donor.config)
     if plan.recipe.dtype is not None:
