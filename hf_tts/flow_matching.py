@@ -413,11 +413,19 @@ class FlowMatchingTTSModel(SpeechSynthesisMixin, HfTtsPreTrainedModel):
             noise.append(torch.randn(frames, mel_dim, generator=generator, device=self.device, dtype=dtype))
         return pad_sequence(noise, batch_first=True)
 
+    @property
+    def sampling_dtype(self) -> torch.dtype:
+        """The precision `sample()` runs in: the backbone's weights' (the vocoder and the mel front end may differ,
+        see `hf_tts.synthesis.load_speech_model(sampling_dtype=...)`)."""
+        return next(self.backbone.parameters()).dtype
+
     def compiled_backbone(self) -> Callable[..., torch.Tensor]:
         """The backbone compiled for inference with `torch.compile` (inductor, dynamic shapes, frozen weights: on
         CPU the linear layers run as prepacked oneDNN kernels). Cached; recompiled when a weight was replaced or
         changed in place, since freezing bakes the weights into the compiled code."""
-        weights = tuple((tensor.data_ptr(), tensor._version) for tensor in self.backbone.state_dict().values())
+        from hf_tts.synthesis import weights_signature
+
+        weights = weights_signature(self.backbone)
         cached = self.__dict__.get("_compiled_backbone")
         if cached is None or cached[0] != weights:
             compiled = torch.compile(self.backbone, dynamic=True, options={"freezing": True})
@@ -474,7 +482,7 @@ class FlowMatchingTTSModel(SpeechSynthesisMixin, HfTtsPreTrainedModel):
             sway_sampling_coef = config.sway_sampling_coef
         method = config.ode_method if method is None else method
         use_epss = config.use_epss if use_epss is None else use_epss
-        device, dtype = self.device, self.dtype
+        device, dtype = self.device, self.sampling_dtype
 
         if cond.ndim == 2:
             cond = self.mel_spec(cond.to(device)).transpose(1, 2)

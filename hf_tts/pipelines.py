@@ -3,8 +3,11 @@
 - `"zero-shot-text-to-speech"` ([`ZeroShotTextToSpeechPipeline`]): voice cloning with F5-TTS / E2-TTS and the
   vocoder the model folder carries, with bare keyword arguments:
   `pipe(text_or_texts, ref_audio=..., ref_text=..., nfe_step=32, cfg_strength=2.0, sway_sampling_coef=-1.0,
-  speed=1.0, seed=None, fix_duration=None, remove_silence=False)` -> `{"audio": float32 numpy (samples,),
-  "sampling_rate": 24000}` (a list for a list).
+  speed=1.0, seed=None, fix_duration=None, remove_silence=False, dtype="auto")` -> `{"audio": float32 numpy
+  (samples,), "sampling_rate": 24000}` (a list for a list). `stream=True` returns a generator of such dicts, one
+  piece of audio as soon as it is ready (`model.synthesize_stream`). A list of requests (texts, or dicts with their
+  own `text` / `ref_audio` / `ref_text` / options) with `batch_size=N` shares solves between the chunks of N
+  requests at a time (`model.synthesize_batch`).
 - transformers' built-in `"text-to-speech"` pipeline works through `model.generate` (see `hf_tts.synthesis`),
   with the same options in `forward_params`.
 """
@@ -24,8 +27,9 @@ from hf_tts.synthesis import (
     check_generated,
     check_sampling_options,
     join_chunks,
-    sample_chunks,
-    vocode_chunks,
+    resolve_sampling_dtype,
+    sampling_model,
+    stream_chunks,
 )
 
 ZERO_SHOT_TTS_TASK = "zero-shot-text-to-speech"
@@ -57,7 +61,34 @@ class ZeroShotTextToSpeechPipeline(Pipeline):
 
     def __call__(self, text: Any, **kwargs: Any) -> Any:
         _require_inputs(text, "the text to synthesize (a string or a list of strings)")
+        if kwargs.pop("stream", False):
+            return self._stream(text, **kwargs)
+        batch_size = kwargs.pop("batch_size", None)
+        if isinstance(text, (list, tuple)) and (batch_size is not None or any(isinstance(t, dict) for t in text)):
+            return self._batch(list(text), batch_size or 1, **kwargs)
         return super().__call__(text, **kwargs)
+
+    def _stream(self, text: Any, **kwargs: Any) -> Any:
+        """`pipe(text, stream=True, ...)`: a generator of {"audio", "sampling_rate"} pieces (see
+        `synthesize_stream`); every input is checked before the generator is returned."""
+        if not isinstance(text, str):
+            raise InputError(f"stream=True takes one text (a string), got {type(text).__name__}")
+        if kwargs.pop("remove_silence", False):
+            raise InputError("remove_silence needs the whole audio, so it cannot be used with stream=True")
+        pieces = self.model.synthesize_stream(text, processor=self._processor(), **kwargs)
+        return ({"audio": piece.audio, "sampling_rate": piece.sampling_rate} for piece in pieces)
+
+    def _batch(self, requests: list, batch_size: int, dtype: Any = "auto", **shared: Any) -> list[dict[str, Any]]:
+        """A list of requests (texts, or dicts overriding the shared keyword arguments) through
+        `model.synthesize_batch`, `batch_size` requests sharing solves."""
+        merged = []
+        for request in requests:
+            request = {"text": request} if isinstance(request, str) else request
+            if not isinstance(request, dict):
+                raise InputError(f"each request must be a text or a dict, got {type(request).__name__}")
+            merged.append({**shared, **request})
+        outputs = self.model.synthesize_batch(merged, batch_size=batch_size, processor=self._processor(), dtype=dtype)
+        return [{"audio": output.audio, "sampling_rate": output.sampling_rate} for output in outputs]
 
     def _sanitize_parameters(
         self,
@@ -71,9 +102,11 @@ class ZeroShotTextToSpeechPipeline(Pipeline):
         seed: int | None = None,
         fix_duration: float | None = None,
         remove_silence: bool = False,
+        dtype: Any = "auto",
     ) -> tuple[dict, dict, dict]:
         # Checked once per call, before any input is read (None: the defaults).
         check_sampling_options(nfe_step, cfg_strength, sway_sampling_coef, seed)
+        resolve_sampling_dtype(dtype, self.model.device)
         check_speech_options(1.0 if speed is None else speed, fix_duration)
         preprocess = {"ref_audio": ref_audio, "ref_text": ref_text, "sampling_rate": sampling_rate}
         preprocess["fix_duration"] = fix_duration
@@ -81,6 +114,7 @@ class ZeroShotTextToSpeechPipeline(Pipeline):
             preprocess["speed"] = speed
         forward = {"steps": nfe_step, "cfg_strength": cfg_strength, "sway_sampling_coef": sway_sampling_coef}
         forward["seed"] = seed
+        forward["dtype"] = dtype
         return preprocess, forward, {"remove_silence": remove_silence}
 
     def _processor(self) -> F5Processor:
@@ -102,10 +136,14 @@ class ZeroShotTextToSpeechPipeline(Pipeline):
         )
         return {"inputs": inputs}
 
-    def _forward(self, model_inputs: dict[str, SynthesisInputs], **sample_options) -> dict[str, Any]:
+    def _forward(
+        self, model_inputs: dict[str, SynthesisInputs], dtype: Any = "auto", **sample_options
+    ) -> dict[str, Any]:
+        # the same solves as `model.synthesize` (first chunk alone, then the rest), so the audio is the same
         inputs = model_inputs["inputs"]
-        mels = sample_chunks(self.model, inputs, **sample_options)
-        return {"waves": vocode_chunks(self.model.vocoder, mels, inputs.reference.rms)}
+        sampler = sampling_model(self.model, resolve_sampling_dtype(dtype, self.model.device))
+        waves = [wave for _, _, wave in stream_chunks(sampler, inputs, self.model.vocoder, **sample_options)]
+        return {"waves": waves}
 
     def postprocess(self, model_outputs: dict[str, Any], remove_silence: bool = False) -> dict[str, Any]:
         rate = self.model.vocoder.config.sampling_rate

@@ -1,4 +1,4 @@
-"""Synthesis inputs for F5-TTS / E2-TTS with upstream `infer_process`'s numbers (f5-tts 1.1.20).
+"""Synthesis inputs for F5-TTS / E2-TTS with upstream `infer_process`'s numbers (f5-tts 1.1.22).
 
 - `F5FeatureExtractor` prepares the reference voice: a path, array or `{"array", "sampling_rate"}`; mono; soxr
   resampling to 24 kHz; upstream's silence-based clipping to 12 s (with a warning), edge trimming at -42 dBFS plus
@@ -9,7 +9,10 @@
 Formulas (upstream names): `max_chars = int(ref_text_bytes / ref_seconds * (22 - ref_seconds) * speed)`;
 `duration = ref_audio_len + int(ref_audio_len / ref_text_bytes * gen_text_bytes / local_speed)` with
 `ref_audio_len = samples // hop` and `local_speed = 0.3` for chunks under 10 UTF-8 bytes; with `fix_duration`
-(seconds, reference included) every chunk gets `int(fix_duration * sampling_rate / hop)` frames instead.
+(seconds, reference included) a single chunk gets `int(fix_duration * sampling_rate / hop)` frames instead, and
+several chunks share it as f5-tts 1.1.22 does (`chunk_fix_durations`): each gets the reference plus a share of
+`fix_duration - reference + cross_fade * (chunks - 1)` proportional to its UTF-8 length, so the joined audio lasts
+about `fix_duration - reference` seconds (1.1.20 gave every chunk the whole `fix_duration`).
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ MIN_REFERENCE_SECONDS = 0.5
 CHUNK_BUDGET_SECONDS = 22.0
 SHORT_CHUNK_BYTES = 10
 SHORT_CHUNK_SPEED = 0.3
+# Upstream's cross-fade between chunks (seconds); `fix_duration` spread over chunks counts the overlaps back in.
+CROSS_FADE_SECONDS = 0.15
 # Upstream's reference clipping: (min silence ms, silence threshold dBFS) tried in order, keeping 1 s of silence.
 _CLIP_PASSES = ((1000, -50.0), (100, -40.0))
 _KEEP_SILENCE_MS = 1000
@@ -107,6 +112,22 @@ def estimate_duration(ref_frames: int, ref_text: str, gen_text: str, speed: floa
     gen_bytes = utf8_length(gen_text)
     local_speed = SHORT_CHUNK_SPEED if gen_bytes < SHORT_CHUNK_BYTES else speed
     return ref_frames + int(ref_frames / utf8_length(ref_text) * gen_bytes / local_speed)
+
+
+def chunk_fix_durations(
+    fix_duration: float, chunks: list[str], ref_frames: int, hop_length: int, sampling_rate: int
+) -> list[float]:
+    """Each chunk's fixed length in seconds (reference included), f5-tts 1.1.22's `infer_batch_process` rule: one
+    chunk keeps `fix_duration`; several share `fix_duration - reference` (plus the cross-fade overlaps, which the
+    join takes back) in proportion to their UTF-8 lengths, each on top of the reference. Same float arithmetic as
+    upstream, so the frame counts match it exactly."""
+    if len(chunks) <= 1:
+        return [fix_duration] * len(chunks)
+    ref_seconds = ref_frames * hop_length / sampling_rate
+    allocatable = fix_duration - ref_seconds + CROSS_FADE_SECONDS * (len(chunks) - 1)
+    weights = [utf8_length(chunk) for chunk in chunks]
+    total = sum(weights)
+    return [ref_seconds + allocatable * weight / total for weight in weights]
 
 
 def check_speech_text(text: object) -> str:
@@ -216,7 +237,11 @@ class F5FeatureExtractor(SequenceFeatureExtractor):
         if clipped:
             warnings.warn(
                 f"the reference audio is {original_seconds:.1f} s long; it was clipped to {len(wave) / rate:.1f} s "
-                f"at a silence (references over {self.max_reference_seconds:g} s are clipped, as upstream does)",
+                f"at a silence (references over {self.max_reference_seconds:g} s are clipped, as upstream does), "
+                "but its whole transcript is kept: the model then reads words the clipped audio no longer holds, "
+                "which shows as mumbled, repeated or cut words at the start of the speech; trim the recording to "
+                f"at most {self.max_reference_seconds:g} s, or cut the reference text to what is said in the first "
+                f"{len(wave) / rate:.1f} s",
                 UserWarning,
                 stacklevel=2,
             )
@@ -325,10 +350,19 @@ class F5Processor(ProcessorMixin):
                 stacklevel=2,
             )
         text_lengths = (encoded.ids != -1).sum(dim=1).tolist()
+        rate, hop = extractor.sampling_rate, extractor.hop_length
         if fix_duration is None:
             estimates = [estimate_duration(ref_frames, ref_text, chunk, speed) for chunk in chunks]
         else:
-            estimates = [int(fix_duration * extractor.sampling_rate / extractor.hop_length)] * len(chunks)
+            ref_seconds = ref_frames * hop / rate
+            if fix_duration <= ref_seconds:
+                raise InputError(
+                    f"fix_duration {fix_duration:g} s is not longer than the reference audio ({ref_seconds:.2f} s "
+                    "after silence trimming), and it includes the reference: nothing would be left to speak; give "
+                    f"more than {ref_seconds:.2f} s (the reference plus the length of the new speech)"
+                )
+            seconds = chunk_fix_durations(fix_duration, chunks, ref_frames, hop, rate)
+            estimates = [int(chunk_seconds * rate / hop) for chunk_seconds in seconds]
         # Raised to at least the prompt (+1) and text length (+1), as `sample()` does, so the frames cut per chunk
         # are exactly those it generates.
         durations = [
@@ -372,6 +406,7 @@ __all__ = [
     "SynthesisInputs",
     "check_speech_options",
     "check_speech_text",
+    "chunk_fix_durations",
     "chunk_text",
     "estimate_duration",
     "load_processor",

@@ -63,9 +63,20 @@ from hf_tts.tokenization_f5 import F5Tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RUNNER = Path(__file__).resolve().parent / "_upstream_runner.py"
-UPSTREAM_VERSION = "1.1.20"
-# What upstream's model code needs at run time; everything else it imports is stubbed by the runner.
-UPSTREAM_RUNTIME_PACKAGES = ["x-transformers", "einops", "torchdiffeq", "safetensors", "numpy", "tqdm", "ema_pytorch"]
+UPSTREAM_VERSION = "1.1.22"
+# What upstream's model code imports at run time (model/utils.py: rjieba and pypinyin; cfm.py: torchdiffeq; the
+# backbones: x-transformers); the training-only and waveform-front-end imports are stubbed by the runner.
+UPSTREAM_RUNTIME_PACKAGES = [
+    "x-transformers",
+    "einops",
+    "torchdiffeq",
+    "safetensors",
+    "numpy",
+    "tqdm",
+    "ema_pytorch",
+    "rjieba",
+    "pypinyin",
+]
 TOLERANCE = 1e-4
 VOCAB_SIZE = 2545  # released vocab.txt size; only the embedding shape matters for speed
 HOP_LENGTH, SAMPLING_RATE = 256, 24000
@@ -113,7 +124,8 @@ def ensure_upstream_venv(venv: Path) -> Path:
     probe = [
         str(python),
         "-c",
-        "import importlib.util as u, x_transformers, torchdiffeq, safetensors; assert u.find_spec('f5_tts.model')",
+        "import importlib.util as u, importlib.metadata as m, x_transformers, torchdiffeq, safetensors, rjieba, "
+        f"pypinyin; assert u.find_spec('f5_tts.model') and m.version('f5-tts') == '{UPSTREAM_VERSION}'",
     ]
     if python.exists() and subprocess.run(probe, capture_output=True, env=_runner_env()).returncode == 0:
         return python

@@ -230,6 +230,8 @@ SYNTHESIZE_OPTIONS = ["--nfe-step", "--cfg-strength", "--sway", "--speed", "--se
 class _CheckingSpeechModel:
     """Stands in for the model after the CLI's own checks: the library must accept every value the CLI accepted."""
 
+    sampling_dtype = torch.float32  # what the CLI passes on as synthesize(dtype=...)
+
     def synthesize(self, text, ref_audio, ref_text, **options) -> SpeechOutput:
         check_speech_text(text)
         check_speech_options(options["speed"], options["fix_duration"])

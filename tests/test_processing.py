@@ -1,4 +1,4 @@
-"""Processor numbers against upstream `infer_process` formulas (f5-tts 1.1.20), audio loading and bad input."""
+"""Processor numbers against upstream `infer_process` formulas (f5-tts 1.1.22), audio loading and bad input."""
 
 from __future__ import annotations
 
@@ -142,12 +142,52 @@ def test_chunks_and_durations_equal_upstream_hand_computed_values(processor, ref
     assert inputs.duration.tolist() == durations
 
 
-def test_fix_duration_gives_every_chunk_the_same_total_length(processor):
-    inputs = processor("First one here. Then a second one.", tone(2.0), "Words", speed=0.1, fix_duration=5.0)
-    assert len(inputs.chunks) == 2
-    assert inputs.duration.tolist() == [int(5.0 * 24000 / 256)] * 2  # upstream: int(fix_duration * sr / hop)
-    # shorter than the reference: raised to the prompt + 1 frame, as the sampler would
-    assert processor("Hello there.", tone(2.0), "Words", fix_duration=1.0).duration.tolist() == [192 + 2]
+def upstream_1_1_22_fix_durations(fix_duration, chunks, ref_samples, hop=256, rate=24000):
+    """f5-tts 1.1.22 `infer_batch_process`, copied line for line: fix_duration shared across chunks."""
+    if fix_duration is not None and len(chunks) > 1:
+        ref_audio_len_frames = ref_samples // hop
+        ref_sec = ref_audio_len_frames * hop / rate
+        target_total = fix_duration - ref_sec
+        weights = [len(c.encode("utf-8")) for c in chunks]
+        total_w = sum(weights)
+        allocatable = target_total + 0.15 * (len(chunks) - 1)
+        fix_durations = [ref_sec + allocatable * w / total_w for w in weights]
+    else:
+        fix_durations = [fix_duration] * len(chunks)
+    return [int(fix_dur * rate / hop) for fix_dur in fix_durations]
+
+
+def test_fix_duration_is_shared_across_chunks_as_upstream_1_1_22(processor):
+    # the issue's case: a 3 s reference (2.95 s + upstream's 50 ms of silence: 281 frames), two chunks,
+    # fix_duration=8 -> upstream 1.1.22 gives 563 + 481 frames (1.1.20 gave both 750)
+    text = "The first sentence is the longest one. The second is rather short."
+    inputs = processor(text, tone(2.95), "Some words", speed=0.3, fix_duration=8.0)
+    assert inputs.ref_frames == 281
+    assert inputs.chunks == ["The first sentence is the longest one.", "The second is rather short."]
+    assert inputs.duration.tolist() == [563, 481]
+    assert upstream_1_1_22_fix_durations(8.0, inputs.chunks, len(inputs.reference.wave)) == [563, 481]
+    # generated frames after the prompt, minus the 0.15 s cross-fade: 4.99 s of speech, as upstream
+    generated = sum(int(total) - inputs.ref_frames for total in inputs.duration) * 256 - int(0.15 * RATE)
+    assert round(generated / RATE, 2) == 4.99
+    # one chunk keeps fix_duration whole: int(fix_duration * sr / hop)
+    single = processor("Hello there.", tone(2.0), "Words", fix_duration=5.0)
+    assert single.duration.tolist() == [int(5.0 * 24000 / 256)]
+
+
+@pytest.mark.parametrize("chunks", [2, 3, 5])
+def test_fix_duration_shares_match_upstream_for_any_chunking(processor, chunks):
+    text = " ".join(f"Sentence number {index} says {'more ' * index}words." for index in range(chunks))
+    inputs = processor(text, tone(2.0), "Words", speed=0.1, fix_duration=20.0)
+    assert len(inputs.chunks) == chunks
+    assert inputs.duration.tolist() == upstream_1_1_22_fix_durations(20.0, inputs.chunks, len(inputs.reference.wave))
+
+
+def test_fix_duration_not_longer_than_the_reference_is_refused(processor):
+    # 2 s tone + 50 ms of silence = 192 frames = 2.05 s; fix_duration includes the reference
+    with pytest.raises(InputError, match=r"fix_duration 1 s is not longer than the reference audio \(2\.05 s"):
+        processor("Hello there.", tone(2.0), "Words", fix_duration=1.0)
+    with pytest.raises(InputError, match=r"fix_duration 2\.048 s is not longer than the reference audio"):
+        processor("Hello there.", tone(2.0), "Words", fix_duration=2.048)
     with pytest.raises(InputError, match=r"fix_duration \(seconds, reference included\) must be in \(0, 60\], got 0"):
         processor("Hello there.", tone(2.0), "Words", fix_duration=0)
 
@@ -212,8 +252,13 @@ def test_long_reference_is_clipped_at_a_silence_with_a_warning():
     silence = np.zeros(int(1.5 * RATE), dtype=np.float32)
     bursts = [tone(2.0)] * 5
     wave = np.concatenate([part for burst in bursts for part in (burst, silence)][:-1])  # 16 s
-    with pytest.warns(UserWarning, match="clipped"):
+    with pytest.warns(UserWarning, match="clipped") as record:
         reference = F5FeatureExtractor().prepare_reference(wave)
+    message = str(record[0].message)
+    # says what the kept transcript does and what to do about it
+    assert "16.0 s long; it was clipped to 9.0 s" in message
+    assert "whole transcript is kept" in message and "mumbled, repeated or cut words" in message
+    assert "trim the recording to at most 12 s, or cut the reference text" in message
     # pieces of 2.75, 3.5, 3.5 s are kept (with up to 1 s of their silence; shared silence split half and half):
     # the next would pass 12 s. The trailing 0.75 s of silence is trimmed and 50 ms appended.
     assert len(reference.wave) / RATE == pytest.approx(9.0 + 0.05, abs=0.02)

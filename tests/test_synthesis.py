@@ -139,3 +139,90 @@ def test_a_vocoder_for_another_mel_is_refused(model):
     other = VocosModel(VocosConfig(dim=8, intermediate_dim=16, num_layers=1, n_mels=80))
     with pytest.raises(InputError, match="n_mels 80 vs 100"):
         model.attach_vocoder(other)
+
+
+# --- sampling precision (dtype="auto"), the mel plot, the vocoder folder check ---
+
+
+def test_auto_dtype_is_bf16_only_where_the_hardware_has_it(monkeypatch):
+    from hf_tts import synthesis
+
+    monkeypatch.setattr(synthesis, "cpu_has_native_bf16", lambda: True)
+    assert synthesis.resolve_sampling_dtype("auto", "cpu") == torch.bfloat16
+    monkeypatch.setattr(synthesis, "cpu_has_native_bf16", lambda: False)
+    assert synthesis.resolve_sampling_dtype("auto", "cpu") == torch.float32
+    assert synthesis.resolve_sampling_dtype(None, "mps") == torch.float32
+    assert synthesis.resolve_sampling_dtype("float32") == torch.float32
+    assert synthesis.resolve_sampling_dtype(torch.bfloat16) == torch.bfloat16
+    with pytest.raises(InputError, match="dtype must be auto, float32, bfloat16, float16 or a torch dtype"):
+        synthesis.resolve_sampling_dtype("int8")
+    with pytest.raises(InputError, match="dtype must be auto"):
+        synthesis.resolve_sampling_dtype(torch.int64)
+
+
+def test_cpu_bf16_detection_reads_the_cpu_flags():
+    from hf_tts.synthesis import cpu_has_native_bf16
+
+    with open("/proc/cpuinfo") as info:
+        flags = next((line for line in info if line.startswith("flags")), "")
+    assert cpu_has_native_bf16() == ("avx512_bf16" in flags.split() or "amx_bf16" in flags.split())
+
+
+def test_default_dtype_samples_a_cached_copy_and_float32_is_exact(model):
+    from hf_tts.synthesis import resolve_sampling_dtype, sampling_model
+
+    options = dict(nfe_step=2, seed=0)
+    default = model.synthesize("Hello there.", reference_wave(), REF_TEXT, **options)
+    auto = resolve_sampling_dtype("auto", "cpu")
+    explicit = model.synthesize("Hello there.", reference_wave(), REF_TEXT, dtype=auto, **options)
+    np.testing.assert_array_equal(default.audio, explicit.audio)
+    assert sampling_model(model, torch.float32) is model  # fp32 weights: no copy
+    if auto != torch.float32:
+        copy = sampling_model(model, auto)
+        assert copy is sampling_model(model, auto) and copy.sampling_dtype == auto and copy.vocoder is None
+        assert model.sampling_dtype == torch.float32 and model.vocoder is not None  # the model is untouched
+        assert not any(name.startswith("_sampling") for name in model.state_dict())
+        exact = model.synthesize("Hello there.", reference_wave(), REF_TEXT, dtype=torch.float32, **options)
+        assert not torch.equal(exact.mel, default.mel)
+        # the copy samples exactly as a model loaded with its sampler in that precision
+        from hf_tts.synthesis import load_speech_model
+
+        loaded = load_speech_model(f5_dir(), sampling_dtype=auto)
+        again = loaded.synthesize("Hello there.", reference_wave(), REF_TEXT, dtype=auto, **options)
+        torch.testing.assert_close(again.mel, default.mel, atol=0, rtol=0)
+
+
+def test_load_speech_model_casts_only_the_sampler(tmp_path):
+    from hf_tts.synthesis import load_speech_model
+
+    model = load_speech_model(f5_dir(), sampling_dtype="bfloat16")
+    assert model.sampling_dtype == torch.bfloat16 and model.vocoder.dtype == torch.float32
+    speech = model.synthesize("Hi there.", reference_wave(), REF_TEXT, nfe_step=2, dtype="bfloat16")
+    assert np.isfinite(speech.audio).all() and speech.audio.dtype == np.float32
+
+
+def test_mel_plot_has_a_title_and_a_time_axis_in_seconds(monkeypatch, tmp_path):
+    from matplotlib.figure import Figure
+
+    from hf_tts.synthesis import plot_mel
+
+    seen = {}
+    original = Figure.savefig
+
+    def capture(self, *args, **kwargs):
+        axes = self.axes[0]
+        seen.update(title=axes.get_title(), xlabel=axes.get_xlabel(), xlim=axes.get_xlim())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", capture)
+    plot_mel(torch.zeros(100, 375), tmp_path / "mel.png", "speech.wav: generated mel spectrogram")
+    assert seen["title"] == "speech.wav: generated mel spectrogram" and seen["xlabel"] == "time (s)"
+    assert seen["xlim"] == pytest.approx((0.0, 375 * 256 / 24000))  # 4 s
+
+
+def test_an_f5_folder_given_as_the_vocoder_is_refused(tmp_path):
+    from hf_tts.synthesis import attach_vocoder_to_folder
+
+    with pytest.raises(InputError, match="is not a Vocos folder .*model_type 'hf_tts_f5'"):
+        attach_vocoder_to_folder(f5_dir(with_vocoder=False), f5_dir(), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -181,7 +181,8 @@ def prepare_tts_dataset(
     if unknown and not allow_unknown_tokens:
         raise InputError(
             f"the texts use {len(unknown)} token(s) missing from the model's vocab: {''.join(unknown)[:80]!r}; "
-            "extend the vocab (hf-tts finetune --extend-vocab, or extend_vocabulary()) or allow them to map to id 0"
+            "extend the vocab (hf-tts finetune --extend-vocab, or extend_vocabulary()), or let them map to id 0 "
+            "(the space, as upstream does) with --allow-unknown-tokens (allow_unknown_tokens=True)"
         )
 
     sampling_rate, hop_length = config.sampling_rate, config.hop_length

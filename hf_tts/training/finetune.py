@@ -46,6 +46,7 @@ class FinetuneResult:
     num_rows: int
     losses: list[tuple[int, float]] = field(default_factory=list)
     added_tokens: list[str] = field(default_factory=list)
+    world_size: int = 1  # processes that trained (accelerate launch / torchrun); the folder is written once
 
     @property
     def final_loss(self) -> float | None:
@@ -54,7 +55,11 @@ class FinetuneResult:
     def summary(self) -> str:
         first = f"{self.losses[0][1]:.4f}" if self.losses else "n/a"
         last = f"{self.final_loss:.4f}" if self.losses else "n/a"
-        return f"trained {self.steps} steps on {self.num_rows} rows; loss {first} -> {last}; written to {self.out_dir}"
+        processes = f" on {self.world_size} processes" if self.world_size > 1 else ""
+        return (
+            f"trained {self.steps} steps on {self.num_rows} rows{processes}; loss {first} -> {last}; written to "
+            f"{self.out_dir}"
+        )
 
 
 def _load_model_and_tokenizer(model_id: str, token: str | None) -> tuple[Any, Any]:
@@ -294,15 +299,56 @@ def finetune(
     )
     # A diverged run (NaN/Inf weights) is refused here rather than written as a model that only outputs noise.
     _check_trained_weights(trainer.model, ema)
-    with atomic_output_dir(out_dir, overwrite=overwrite, inputs=inputs) as staging:
-        save_trained_model(staging, trainer.model, ema=ema, tokenizer=tokenizer)
-        (staging / TRAINING_LOG_NAME).write_text(json.dumps(trainer.state.log_history, indent=2), encoding="utf-8")
-        _write_card(staging, out_dir.name, model_id, data, result, trainer, ema, batch_frames or None, base_sources)
-    if push_to_hub:
-        from hf_tts.hub.push import push_folder
+    # Under `accelerate launch` / torchrun every rank trained its share of each batch with the same weights (DDP);
+    # the folder, its card and the upload are written once, by the main process, while the others wait for it.
+    if trainer.is_world_process_zero():
+        with atomic_output_dir(out_dir, overwrite=overwrite, inputs=inputs) as staging:
+            save_trained_model(staging, trainer.model, ema=ema, tokenizer=tokenizer)
+            (staging / TRAINING_LOG_NAME).write_text(json.dumps(trainer.state.log_history, indent=2), encoding="utf-8")
+            processor = _processor_for(trainer.model, tokenizer)
+            if processor is not None:
+                processor.save_pretrained(staging)
+            _write_card(staging, out_dir.name, model_id, data, result, trainer, ema, batch_frames or None, base_sources)
+        if push_to_hub:
+            from hf_tts.hub.push import push_folder
 
-        push_folder(out_dir, push_to_hub, private=private, token=token)
+            push_folder(out_dir, push_to_hub, private=private, token=token)
+    trainer.accelerator.wait_for_everyone()
+    result.world_size = trainer.args.world_size
     return result
+
+
+def _processor_for(model: Any, tokenizer: Any) -> Any:
+    """The F5/E2 processor to save beside the weights (so `pipeline(...)` and `synthesize` load the folder alone):
+    the tokenizer with the model's audio settings; None for the motion model."""
+    from hf_tts.flow_matching import FlowMatchingTTSModel
+    from hf_tts.processing import F5FeatureExtractor, F5Processor
+
+    if tokenizer is None or not isinstance(model, FlowMatchingTTSModel):
+        return None
+    config = model.config
+    return F5Processor(F5FeatureExtractor(sampling_rate=config.sampling_rate, hop_length=config.hop_length), tokenizer)
+
+
+def _base_model_name(model_id: str) -> str:
+    """The card's `base_model`: the Hub repo id, or for a local folder the repo id it came from when its own card
+    names one (front matter `model_id` / `base_model`), else the folder's name."""
+    if not _is_local(model_id):
+        return model_id
+    folder = Path(model_id)
+    card = folder / "README.md"
+    if card.is_file():
+        try:
+            from huggingface_hub import ModelCard
+
+            data = ModelCard.load(card).data.to_dict()
+        except (OSError, ValueError):
+            data = {}
+        for key in ("model_id", "base_model"):
+            value = data.get(key)
+            if isinstance(value, str) and value and not value.startswith("."):
+                return value
+    return folder.absolute().name
 
 
 def _check_checkpoint_dir(checkpoint_dir: Path, out_dir: Path) -> None:
@@ -351,13 +397,12 @@ def _write_card(
         "precision": "bf16" if args.bf16 else "fp32",
         "added_tokens": len(result.added_tokens),
     }
-    local = _is_local(model_id)
     write_model_card(
         folder,
         kind="finetune",
         config=trainer.model.config,
-        base_model=None if local else model_id,
-        base_model_relation=None if local else "finetune",
+        base_model=_base_model_name(model_id),
+        base_model_relation="finetune",
         sources=base_sources,
         model_id=f"./{out_name}",
         extra_context={"training": training},
