@@ -3,9 +3,11 @@
 `import hf_tts` makes every config, model, tokenizer, processor and pipeline known to the transformers Auto classes,
 so `AutoModel.from_pretrained(...)`, `pipeline(...)` and `Trainer(...)` work on the package's folders.
 
-The import itself is light: public names load on first use, and the registration runs as soon as transformers is
-imported (right away if it already is). So `hf-tts --help` and the registry server (`hf-tts hub serve`) never pay
-for torch or transformers, while `import hf_tts; from transformers import AutoModel` works as before.
+The import itself is light: public names load on first use, and the registration runs as soon as transformers'
+Auto classes or pipelines are imported (right away if they already are; see `hf_tts._autoregister`). So `hf-tts
+--help` and the registry server (`hf-tts hub serve`) never pay for torch or transformers, `import hf_tts,
+transformers` costs what `import transformers` costs, and `import hf_tts; from transformers import AutoModel` works
+as before.
 """
 
 from __future__ import annotations

@@ -1,10 +1,15 @@
-"""Run `hf_tts.registration.register_all()` as soon as it can run, without importing transformers for it.
+"""Run `hf_tts.registration.register_all()` as soon as the Auto classes are used, without importing transformers for
+it.
 
 transformers has no plugin entry point, so the Auto classes learn the package's model types by registration; that
-imports the models (and torch). Doing it inside `import hf_tts` would make every `hf-tts --help` and the torch-free
-registry server pay seconds for it. Instead an import hook waits for transformers: registration runs when the
-import of transformers completes, or, if that import happened in the middle of importing one of the package's own
-modules (which registration needs whole), when the last such module finishes.
+imports the models (and torch, and transformers' modeling machinery, seconds). Doing it inside `import hf_tts` would
+make every `hf-tts --help` and the torch-free registry server pay for it, and doing it when `import transformers`
+completes would make `import hf_tts, transformers` pay it too although transformers itself is lazy. Instead an import
+hook waits for the first of transformers' Auto modules (configuration_auto, modeling_auto, tokenization_auto, ...)
+or its pipelines: registration runs when that import completes, or, if it happened in the middle of importing one of
+the package's own modules or a watched transformers module (which registration needs whole), when the last such
+module finishes. Every route to an Auto class or `pipeline()` goes through those modules, so registration is
+always in place before they are used.
 """
 
 from __future__ import annotations
@@ -16,6 +21,19 @@ from types import ModuleType
 from typing import Any
 
 _lock = threading.RLock()
+# transformers modules whose import means the Auto classes or pipelines are about to be used (registration runs then).
+_TRIGGERS = frozenset(
+    {
+        "transformers.models.auto.configuration_auto",
+        "transformers.models.auto.modeling_auto",
+        "transformers.models.auto.tokenization_auto",
+        "transformers.models.auto.feature_extraction_auto",
+        "transformers.models.auto.processing_auto",
+        "transformers.pipelines",
+    }
+)
+# transformers packages that must be whole before registration imports from them.
+_WATCHED = _TRIGGERS | {"transformers", "transformers.models", "transformers.models.auto"}
 
 
 def _initializing(module: ModuleType | None, finishing: ModuleType | None) -> bool:
@@ -28,16 +46,18 @@ def _initializing(module: ModuleType | None, finishing: ModuleType | None) -> bo
 
 
 def _try_register(finishing: ModuleType | None = None) -> None:
-    """Register now if transformers is imported and none of the package's modules (other than `finishing`, whose
-    code has just run) is half imported."""
+    """Register now if one of transformers' Auto modules (or its pipelines) is imported and none of the watched
+    transformers modules or the package's modules (other than `finishing`, whose code has just run) is half
+    imported."""
     from hf_tts import registration
 
     with _lock:
         if registration.is_registered():
             _uninstall()
             return
-        transformers = sys.modules.get("transformers")
-        if transformers is None or _initializing(transformers, finishing):
+        if not any(not _initializing(sys.modules.get(name), finishing) for name in _TRIGGERS if name in sys.modules):
+            return
+        if any(_initializing(sys.modules.get(name), finishing) for name in _WATCHED if name in sys.modules):
             return
         # The top package only defines names; registration does not need it whole.
         if any(
@@ -50,10 +70,11 @@ def _try_register(finishing: ModuleType | None = None) -> None:
 
 
 class _RegisterAfterImport(importlib.abc.MetaPathFinder):
-    """Wraps the loaders of transformers and of the package's modules so each, once executed, tries to register."""
+    """Wraps the loaders of the watched transformers modules and of the package's modules so each, once executed,
+    tries to register."""
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        if fullname != "transformers" and not fullname.startswith("hf_tts."):
+        if fullname not in _WATCHED and not fullname.startswith("hf_tts."):
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
@@ -85,9 +106,9 @@ def _uninstall() -> None:
 
 
 def register_when_transformers_is_ready() -> None:
-    """Register now if transformers is already imported, else once it is."""
+    """Register now if transformers' Auto classes are already imported, else once they are."""
     with _lock:
-        if "transformers" in sys.modules:
+        if any(name in sys.modules for name in _TRIGGERS):
             _try_register()
         if not _registered_now() and _finder not in sys.meta_path:
             sys.meta_path.insert(0, _finder)

@@ -7,17 +7,26 @@ run is imported, so `hf-tts --help` and `hf-tts hub serve` start without torch.
 This module is the CLI's one error boundary: an expected failure (bad input, a damaged or missing file, a full
 disk, a config that does not validate, a refused resource) is one line on stderr and exit code 2; anything else is
 a bug and keeps its traceback, after a one-line summary. SIGTERM is handled like Ctrl-C: outputs in progress are
-removed and nothing partial is left.
+removed and nothing partial is left. Open progress bars are closed before the error line, so it starts a line.
+
+Python warnings print as one line, `hf-tts COMMAND: warning: ...`. `--quiet`, accepted by every command and
+subcommand, silences what goes to stderr besides errors: progress bars (transformers', huggingface_hub's, datasets'
+and the package's own, which use `huggingface_hub.utils.tqdm` so that one switch covers them), library logging below
+error level, and warnings. The one-line summaries on stdout (`wrote DIR ...`) are kept: they are the command's
+result, and scripts read them.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
+import os
 import signal
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 
 # Command -> (module under hf_tts.commands, one-line help), in the order `hf-tts --help` lists them.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -37,6 +46,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": (
         "finetune",
         "fine-tune an F5/E2 or motion model with transformers.Trainer (EMA, frame-bucketed batches)",
+    ),
+    "presets": ("presets", "list the upstream F5-TTS / E2-TTS and motion presets with their key dimensions"),
+    "inspect": (
+        "inspect",
+        "describe a model folder or Hub repo: family, architecture flags, sizes, parameters, vocoder, card",
     ),
 }
 
@@ -64,6 +78,25 @@ class _OneLineErrorParser(argparse.ArgumentParser):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
         self.register("action", "parsers", _Subcommands)
+        self._generic_quiet: argparse.Action | None = None
+
+    def add_argument(self, *args, **kwargs) -> argparse.Action:  # type: ignore[override]
+        # A command's own --quiet (e.g. `hub serve`: no access log) takes over the generic one; both mean "less
+        # output" and share the dest, so main() still applies the generic part.
+        if "--quiet" in args and self._generic_quiet is not None:
+            self._handle_conflict_resolve(None, [("--quiet", self._generic_quiet)])
+            self._generic_quiet = None
+        return super().add_argument(*args, **kwargs)
+
+    def add_generic_quiet(self) -> None:
+        """`--quiet` on this (sub)command. SUPPRESS as default: a subcommand that is not given the flag does not
+        reset what its parent command was given (`hf-tts convert --quiet f5 ...`)."""
+        self._generic_quiet = self.add_argument(
+            "--quiet",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="only errors on stderr: no progress bars, library logging or warnings (the summary on stdout stays)",
+        )
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_BAD_INPUT, _printable(f"{self.prog}: error: {message} (see {self.prog} --help)\n"))
@@ -76,7 +109,10 @@ class _Subcommands(argparse._SubParsersAction):
         if name in COMMANDS:
             kwargs.setdefault("help", COMMANDS[name][1])
         kwargs.setdefault("allow_abbrev", False)
-        return super().add_parser(name, **kwargs)
+        parser = super().add_parser(name, **kwargs)
+        if isinstance(parser, _OneLineErrorParser):
+            parser.add_generic_quiet()
+        return parser
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
@@ -101,10 +137,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = _install_signal_handlers()
     command = "hf-tts"
     try:
-        parser = build_parser(argv)
-        args = parser.parse_args(argv)
-        command = f"hf-tts {args.command}"
-        return int(args.func(args) or 0)
+        with contextlib.ExitStack() as stack:
+            parser = build_parser(argv)
+            args = parser.parse_args(argv)
+            command = f"hf-tts {args.command}"
+            quiet = bool(getattr(args, "quiet", False))
+            stack.enter_context(_one_line_warnings(command, quiet))
+            if quiet:
+                stack.enter_context(_quiet_libraries())
+            try:
+                return int(args.func(args) or 0)
+            except BaseException:
+                _close_progress_bars()
+                raise
     except Terminated:
         print(f"{command}: terminated; no output was written", file=sys.stderr)
         return EXIT_TERMINATED
@@ -127,6 +172,100 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     finally:
         _restore_signal_handlers(previous)
+
+
+@contextlib.contextmanager
+def _one_line_warnings(command: str, quiet: bool) -> Iterator[None]:
+    """Python warnings as `hf-tts COMMAND: warning: ...` (one line, no `file:line: UserWarning` source echo), or
+    none at all with --quiet. The previous behaviour comes back afterwards (main() may run inside a caller)."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001 (warnings' API)
+        text = str(message).strip().splitlines()
+        stream = file or sys.stderr
+        tqdm_module = sys.modules.get("tqdm.std")
+        # Bars in progress are cleared for the line and redrawn below it, rather than overwritten mid-line.
+        pause_bars = tqdm_module.tqdm.external_write_mode(file=stream) if tqdm_module else contextlib.nullcontext()
+        with pause_bars:
+            print(_printable(f"{command}: warning: {text[0] if text else category.__name__}"), file=stream)
+
+    with warnings.catch_warnings():
+        if quiet:
+            warnings.simplefilter("ignore")
+        warnings.showwarning = show
+        yield
+
+
+# Environment switches read by the libraries when they are imported (which, in the `hf-tts` process, is after main()
+# parsed the command line), so --quiet reaches libraries the command has not imported yet.
+_QUIET_ENVIRONMENT = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # huggingface_hub's bars, the package's own and transformers' follow it
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "DATASETS_VERBOSITY": "error",
+    "TQDM_DISABLE": "1",  # any other tqdm bar created with tqdm's defaults
+}
+
+
+@contextlib.contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """--quiet: libraries log errors only and show no progress bars. Set through their environment switches (for
+    imports still to come) and their APIs (for modules already imported by a caller of main()); both are restored
+    afterwards."""
+    saved_environment = {name: os.environ.get(name) for name in _QUIET_ENVIRONMENT}
+    os.environ.update(_QUIET_ENVIRONMENT)
+    restore: list = []
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+        from huggingface_hub.utils import logging as hub_logging
+
+        if not are_progress_bars_disabled():
+            disable_progress_bars()
+            restore.append(enable_progress_bars)
+        restore.append(_swap_verbosity(hub_logging))
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as transformers_logging
+
+        if transformers_logging.is_progress_bar_enabled():
+            transformers_logging.disable_progress_bar()
+            restore.append(transformers_logging.enable_progress_bar)
+        restore.append(_swap_verbosity(transformers_logging))
+    if "datasets" in sys.modules:
+        import datasets
+
+        if datasets.is_progress_bar_enabled():
+            datasets.disable_progress_bars()
+            restore.append(datasets.enable_progress_bars)
+        restore.append(_swap_verbosity(datasets.logging))
+    try:
+        yield
+    finally:
+        for undo in reversed(restore):
+            undo()
+        for name, value in saved_environment.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _swap_verbosity(library_logging) -> object:  # noqa: ANN001 (transformers / huggingface_hub / datasets logging)
+    """Set a library's verbosity to error; returns the call that puts the previous one back."""
+    previous = library_logging.get_verbosity()
+    library_logging.set_verbosity_error()
+    return lambda: library_logging.set_verbosity(previous)
+
+
+def _close_progress_bars() -> None:
+    """Erase the progress bars still open (an error interrupted them), so the error line starts at column 0 instead
+    of after a half-drawn bar."""
+    tqdm_module = sys.modules.get("tqdm.std")
+    if tqdm_module is None:
+        return
+    for bar in list(getattr(tqdm_module.tqdm, "_instances", ())):
+        bar.leave = False
+        with contextlib.suppress(OSError, ValueError):  # a bar whose stream is closed has nothing left to clean
+            bar.close()
 
 
 def expected_error_message(error: BaseException) -> str | None:
@@ -176,6 +315,7 @@ _LIBRARY_ERRORS = (
         "Hub: ",
     ),
     ("httpx", ("TransportError",), "cannot reach the Hub (HF_ENDPOINT): "),
+    ("httpx2", ("TransportError",), "cannot reach the Hub (HF_ENDPOINT): "),  # huggingface_hub 2's client
 )
 
 

@@ -32,6 +32,10 @@ logger = logging.get_logger(__name__)
 TOKENIZER_TYPES = ("pinyin", "char")
 # Upstream pads id sequences with -1 (the text embedding shifts ids by +1 so padding lands on the filler row 0).
 TEXT_PAD_ID = -1
+# The tokenizer's pad token, for transformers' padding (which needs an id >= 0): a special token appended after the
+# vocab, so its id is len(vocab) = config.text_num_embeds, one past the last text id. The models read that id (and
+# attention_mask == 0) as upstream's -1 padding.
+PAD_TOKEN = "<pad>"
 # Upstream's replacements applied before segmentation, to keep common typography inside the vocab.
 _TYPOGRAPHY = str.maketrans({";": ",", "\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'"})
 # A multi-letter ASCII word gets a space in front unless the previous token is one of these.
@@ -175,7 +179,10 @@ class F5TextBatch:
 
 
 class F5Tokenizer(PreTrainedTokenizer):
-    r"""Char / pinyin tokenizer over upstream F5-TTS `vocab.txt`.
+    r"""Char / pinyin tokenizer over upstream F5-TTS `vocab.txt`, with transformers' conventions: `tokenizer(texts,
+    padding=True, truncation=True, max_length=N, return_tensors="pt")` gives `input_ids` padded on the right with
+    `<pad>` (id len(vocab), one past the last text id) and `attention_mask`; the models take both and treat the
+    padding as upstream's -1. `encode_batch` pads with -1 itself, as upstream's `list_str_to_idx`.
 
     Args:
         vocab_file: upstream's `vocab.txt` (one token per line; the line number is the id; line 0 is a space).
@@ -184,7 +191,8 @@ class F5Tokenizer(PreTrainedTokenizer):
     """
 
     vocab_files_names = {"vocab_file": "vocab.txt"}
-    model_input_names = ["input_ids"]
+    model_input_names = ["input_ids", "attention_mask"]
+    padding_side = "right"  # the text embedding reads a sample's ids from position 0
 
     def __init__(self, vocab_file: str, tokenizer_type: str = "pinyin", **kwargs):
         if tokenizer_type not in TOKENIZER_TYPES:
@@ -194,7 +202,11 @@ class F5Tokenizer(PreTrainedTokenizer):
         # Set before super().__init__, which already asks for the vocab.
         self.id_to_token = read_vocab_file(vocab_file)
         self.vocab = {token: index for index, token in enumerate(self.id_to_token)}
+        # Folders saved before the tokenizer had a pad token get it too (appended after the vocab).
+        kwargs.setdefault("pad_token", PAD_TOKEN)
         kwargs.setdefault("clean_up_tokenization_spaces", False)
+        # "<pad>" typed in a text is five characters, as upstream reads it, never the pad token.
+        kwargs.setdefault("split_special_tokens", True)
         super().__init__(tokenizer_type=tokenizer_type, **kwargs)
 
     @property
@@ -202,7 +214,8 @@ class F5Tokenizer(PreTrainedTokenizer):
         return len(self.id_to_token)
 
     def get_vocab(self) -> dict[str, int]:
-        return dict(self.vocab)
+        # transformers' convention: the vocab plus the added tokens (<pad>), so len(tokenizer) counts them
+        return {**self.vocab, **self._added_tokens_encoder}
 
     def _tokenize(self, text: str, **kwargs) -> list[str]:
         check_text(text, "the text to tokenize")

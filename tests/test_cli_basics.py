@@ -52,7 +52,7 @@ def test_console_script_converts(tmp_path):
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert f"wrote {out} (hf_tts_f5, architecture F5TTS_v1_custom, EMA weights)" in result.stdout
+    assert f"wrote {out} (hf_tts_f5, architecture F5TTS_v1_custom, EMA weights in float32)" in result.stdout
     assert {"config.json", "model.safetensors", "tokenizer_config.json", "vocab.txt"} <= {p.name for p in out.iterdir()}
     again = subprocess.run(
         [str(script), "convert", "f5", str(folder / "model_ema.safetensors"), "--arch", "E2TTS_Base",

@@ -1,4 +1,6 @@
-"""F5Tokenizer: ids equal upstream's (fixture `text` tensors), char mode, unknown tokens, zh extra, save/load."""
+"""F5Tokenizer: ids equal upstream's (fixture `text` tensors), char mode, unknown tokens, zh extra, save/load, and
+transformers' conventions (padding, attention_mask, truncation, pad_token) with models that take what it returns and
+give the same outputs as for upstream's -1 padded ids."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from transformers import AutoTokenizer
 from hf_tts.errors import InputError
 from hf_tts.tokenization_f5 import F5Tokenizer, convert_text_to_pinyin_tokens
 from tests.conftest import upstream_fixture
+from tests.test_f5_models import fixture_model
 
 
 @pytest.fixture(scope="module")
@@ -123,3 +126,106 @@ def test_bad_vocab_files(tmp_path, content, message):
 def test_unknown_tokenizer_type(vocab_file):
     with pytest.raises(ValueError, match="tokenizer_type"):
         F5Tokenizer(str(vocab_file), tokenizer_type="byte")
+
+
+# ------------------------------------------------------------------ transformers conventions
+
+
+def test_padding_attention_mask_and_pad_token(tokenizer):
+    texts = ["Hello world, this is F5.", "Hi!", "你好"]
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    assert tokenizer.pad_token == "<pad>" and tokenizer.pad_token_id == tokenizer.vocab_size == 2545
+    assert len(tokenizer) == tokenizer.vocab_size + 1
+    assert set(batch) == {"input_ids", "attention_mask"}
+    upstream = tokenizer.encode_batch(texts).ids
+    assert batch["input_ids"].shape == upstream.shape
+    # Same ids where the mask is 1; the pad id exactly where upstream has -1.
+    assert torch.equal(batch["attention_mask"].bool(), upstream != -1)
+    assert torch.equal(batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -1), upstream)
+    assert torch.equal(batch["input_ids"] == tokenizer.pad_token_id, upstream == -1)
+    # Unpadded call: lists, with a mask of ones.
+    single = tokenizer("Hi!")
+    assert single["input_ids"] == upstream[1, :3].tolist() and single["attention_mask"] == [1, 1, 1]
+    assert tokenizer.decode(batch["input_ids"][1], skip_special_tokens=True) == "Hi!"
+
+
+def test_truncation_and_pad_to_length(tokenizer):
+    batch = tokenizer(["Hello world", "Hi"], padding="max_length", truncation=True, max_length=4, return_tensors="pt")
+    assert batch["input_ids"].shape == (2, 4)
+    assert batch["input_ids"][0].tolist() == tokenizer.encode_batch("Hell").ids[0].tolist()
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
+
+
+def test_pad_token_text_is_plain_characters(tokenizer):
+    # "<pad>" typed in a text is read as characters, as upstream reads it, never as padding.
+    assert tokenizer("a<pad>b")["input_ids"] == tokenizer.encode_batch("a<pad>b").ids[0].tolist()
+    assert tokenizer.pad_token_id not in tokenizer("a<pad>b")["input_ids"]
+
+
+def test_pad_token_survives_save_and_load_and_old_folders_get_it(tokenizer, tmp_path):
+    tokenizer.save_pretrained(tmp_path / "new")
+    loaded = AutoTokenizer.from_pretrained(tmp_path / "new")
+    assert loaded.pad_token == "<pad>" and loaded.pad_token_id == 2545
+    # A folder written before the tokenizer had a pad token (tokenizer_config.json without it).
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "vocab.txt").write_bytes(upstream_fixture("f5_vocab.txt").read_bytes())
+    (old / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "F5Tokenizer", "tokenizer_type": "pinyin"})
+    )
+    old_loaded = AutoTokenizer.from_pretrained(old)
+    padded = old_loaded(["ab", "abc"], padding=True, return_tensors="pt")
+    assert padded["input_ids"][0, -1].item() == old_loaded.pad_token_id == 2545
+
+
+@pytest.fixture(scope="module", params=["f5_v1_tiny", "e2_tiny"])
+def fixture_loaded(request):
+    return fixture_model(request.param)
+
+
+def test_models_take_tokenizer_output_with_upstream_results(tokenizer, fixture_loaded):
+    """Backbone, forward (loss) and sample on the tokenizer's padded ids + attention_mask give exactly what the
+    -1 padded ids give, and the backbone still matches upstream's fixture outputs."""
+    model, c, meta = fixture_loaded
+    batch = tokenizer(meta["texts"], padding=True, return_tensors="pt")
+    assert torch.equal(tokenizer.encode_batch(meta["texts"]).ids, c["text"])
+    with torch.no_grad():
+        from_tokenizer = model.backbone(c["x"], c["cond"], batch["input_ids"], c["time"], mask=c["mask"])
+        from_upstream_ids = model.backbone(c["x"], c["cond"], c["text"], c["time"], mask=c["mask"])
+    assert torch.equal(from_tokenizer, from_upstream_ids)
+    assert (from_tokenizer - c["out_cond"]).abs().max().item() <= 1e-5
+
+    # forward: the training loss with the same random draws
+    mel = c["x"]
+    torch.manual_seed(0)
+    loss_upstream = model(mel, c["text"]).loss
+    torch.manual_seed(0)
+    loss_tokenizer = model(mel=mel, **batch).loss
+    assert torch.equal(loss_upstream, loss_tokenizer)
+
+    # sample: a batch of two texts on the fixture's mel prompt
+    frames = c["cond"].shape[1]
+    options = dict(steps=2, cfg_strength=2.0, lens=torch.tensor([10, 12]), seed=3)
+    upstream_mel = model.sample(c["cond"], c["text"], frames, **options)
+    assert torch.equal(model.sample(c["cond"], batch["input_ids"], frames, **options), upstream_mel)
+    assert torch.equal(model.sample(c["cond"], duration=frames, **batch, **options), upstream_mel)
+    # Left padding (another tokenizer setting) reads the same through the attention mask.
+    tokenizer.padding_side = "left"
+    try:
+        left = tokenizer(meta["texts"], padding=True, return_tensors="pt")
+    finally:
+        tokenizer.padding_side = "right"
+    assert not torch.equal(left["input_ids"], batch["input_ids"])
+    assert torch.equal(model.sample(c["cond"], duration=frames, **left, **options), upstream_mel)
+
+
+def test_model_text_input_errors(fixture_loaded):
+    model, c, _ = fixture_loaded
+    with pytest.raises(InputError, match="not both"):
+        model.sample(c["cond"], c["text"], 48, input_ids=c["text"])
+    with pytest.raises(InputError, match="text ids are missing"):
+        model.sample(c["cond"], duration=48)
+    with pytest.raises(InputError, match="attention_mask has shape"):
+        model.sample(c["cond"], c["text"], 48, attention_mask=torch.ones(2, 3))
+    with pytest.raises(InputError, match="needs `duration`"):
+        model.sample(c["cond"], c["text"])

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import tokenize
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-import numpy as np
-
 from hf_tts.commands._options import bounded_float, bounded_int
+from hf_tts.commands.synthesize import DTYPES
 from hf_tts.errors import InputError
 from hf_tts.file_utils import atomic_write_file, check_output_target
 from hf_tts.limits import MAX_GUIDANCE_SCALE, MAX_MOTION_FRAMES, MAX_SAMPLING_STEPS, MAX_SEED
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # numpy loads when the command runs, so `hf-tts animate --help` stays instant
+    import numpy as np
+
     from hf_tts.models.cfg_motion import CFGMotionConfig, CFGMotionModel
 
 
@@ -51,6 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"DDIM steps, 1 to {MAX_SAMPLING_STEPS} (default: the model's num_inference_steps)",
     )
     parser.add_argument("--seed", type=bounded_int(0, MAX_SEED), help="random seed (0 to 2**64-1) for the noise")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu), e.g. cuda, cuda:1, mps")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="model dtype (default float32)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.set_defaults(func=_run)
 
@@ -58,6 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def plot_motion(motion, fps: int, path: Path | BinaryIO, num_curves: int = 8) -> None:
     """Plot the first `num_curves` feature curves of (frames, nfeats) motion against time in seconds."""
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -103,6 +109,8 @@ def read_npy_header(path: str | Path, what: str) -> tuple[tuple[int, ...], np.dt
     """(shape, dtype) of a 2-D numeric .npy file, read from its header and checked against the file's size before
     any data is loaded: a header claiming more (or less) data than the file holds, Python objects (which need
     unpickling), non-numeric dtypes, other ranks and empty arrays are refused with an InputError naming `what`."""
+    import numpy as np
+
     from hf_tts.audio import check_input_file
 
     path = check_input_file(path, f"{what} file")
@@ -143,6 +151,8 @@ def read_npy_header(path: str | Path, what: str) -> tuple[tuple[int, ...], np.dt
 def _load_features(path: str, config: CFGMotionConfig) -> np.ndarray:
     """(length, C) conditioning features from a .npy file, checked against the model's expected width and for
     NaN/Inf (they would make all-NaN motion)."""
+    import numpy as np
+
     from hf_tts.file_utils import check_finite
 
     shape, _ = read_npy_header(path, "--features")
@@ -162,10 +172,10 @@ def _load_model(source: str) -> CFGMotionModel:
     from transformers import AutoModel
     from transformers.utils import logging
 
+    from hf_tts.model_source import check_model_source
     from hf_tts.models.cfg_motion import CFGMotionModel
 
-    if not Path(source).exists() and (source.startswith((".", "/", "~")) or source.count("/") > 1):
-        raise InputError(f"model folder {source} does not exist")
+    check_model_source(source, "model")
     # Keep stderr for the one-line error of the CLI contract: no weight-loading progress bar.
     bars_were_enabled = logging.is_progress_bar_enabled()
     logging.disable_progress_bar()
@@ -181,11 +191,45 @@ def _load_model(source: str) -> CFGMotionModel:
     return model.eval()
 
 
+@contextlib.contextmanager
+def _diffusion_progress(model: CFGMotionModel, steps: int) -> Iterator[None]:
+    """A progress bar over the diffusion steps: one denoiser call is one DDIM step (both guidance halves run in one
+    batch). Long inputs are sampled in several windows of `steps` steps each; the bar grows by a window when the
+    next one starts. The bar appears with the first step, so an input refused before sampling prints no bar, and
+    only on a terminal (tqdm's disable=None), so logs and captured stderr keep the one-line error contract. It is a
+    `huggingface_hub.utils.tqdm`, so `--quiet` (huggingface_hub's progress-bar switch) silences it."""
+    from huggingface_hub.utils import tqdm
+
+    bars: list = []
+
+    def advance(module: object, inputs: object, output: object) -> None:
+        if not bars:
+            bars.append(tqdm(total=steps, desc="denoising", unit="step", disable=None))
+        bar = bars[0]
+        if bar.n >= bar.total:
+            bar.total += steps
+            bar.set_description(f"denoising (window {bar.n // steps + 1})")
+        bar.update(1)
+
+    handle = model.denoiser.register_forward_hook(advance)
+    try:
+        yield
+    finally:
+        handle.remove()
+        for bar in bars:
+            bar.close()
+
+
 def _run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
     from transformers import pipeline
 
+    from hf_tts.synthesis import resolve_device
+
     out, plot, input_paths = _check_options(args)
-    model = _load_model(args.model)
+    device = resolve_device(args.device, "--device")  # checked before the model loads
+    model = _load_model(args.model).to(device=device, dtype=getattr(torch, args.dtype))
     if args.features is not None:
         pipeline_input = {"cond_features": _load_features(args.features, model.config)}
     elif model.audio_encoder is None:
@@ -196,14 +240,21 @@ def _run(args: argparse.Namespace) -> int:
     else:
         pipeline_input = args.audio
 
-    pipe = pipeline("audio-to-motion", model=model, device="cpu")
-    result = pipe(
-        pipeline_input,
+    pipe = pipeline("audio-to-motion", model=model, device=model.device)
+    # The pipeline's steps one by one, to hand the model its inputs in its own dtype (the pipeline prepares float32).
+    preprocess_options, forward_options, postprocess_options = pipe._sanitize_parameters(
         guidance_scale=args.guidance_scale,
         num_inference_steps=args.steps,
         num_frames=args.num_frames,
         seed=args.seed,
     )
+    model_inputs = {
+        name: value.to(model.dtype) if value.is_floating_point() else value
+        for name, value in pipe.preprocess(pipeline_input, **preprocess_options).items()
+    }
+    with _diffusion_progress(model, args.steps or model.config.num_inference_steps):
+        outputs = pipe.forward(model_inputs, **forward_options)
+    result = pipe.postprocess(outputs, **postprocess_options)
     motion, fps = result["motion"], result["fps"]
     atomic_write_file(out, lambda stream: np.save(stream, motion), overwrite=args.overwrite, inputs=input_paths)
     if plot is not None:

@@ -11,6 +11,20 @@ import importlib
 
 # Families in the order `hf-tts convert --help` lists them.
 CONVERT_FAMILIES: tuple[str, ...] = ("f5", "vocos", "a2p")
+# The precisions a converted folder can be saved in (hf_tts.convert.f5.SAVE_DTYPES, named here so that --help does
+# not import torch).
+SAVE_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
+
+
+def add_dtype_option(parser: argparse.ArgumentParser) -> None:
+    """`--dtype`, the same for every family."""
+    parser.add_argument(
+        "--dtype",
+        choices=SAVE_DTYPES,
+        default="float32",
+        help="precision of the saved weights (default float32, which keeps upstream's values exactly; float16 / "
+        "bfloat16 halve the folder)",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

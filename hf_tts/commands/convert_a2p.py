@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from hf_tts.commands.convert import add_dtype_option
+
 
 def register(families: argparse._SubParsersAction) -> None:
     parser = families.add_parser(
@@ -22,6 +24,7 @@ def register(families: argparse._SubParsersAction) -> None:
         action="store_true",
         help="build a model above the size limit (hf_tts.modeling_utils.MAX_MODEL_PARAMETERS, 1e9 parameters)",
     )
+    add_dtype_option(parser)
     parser.set_defaults(func=_run)
 
 
@@ -29,12 +32,12 @@ def _run(args: argparse.Namespace) -> int:
     from hf_tts.convert.a2p import convert_a2p_checkpoint
 
     model, checkpoint = convert_a2p_checkpoint(
-        args.src_dir, args.out, overwrite=args.overwrite, allow_large=args.allow_large
+        args.src_dir, args.out, overwrite=args.overwrite, allow_large=args.allow_large, dtype=args.dtype
     )
     config = model.config
     params = sum(p.numel() for p in model.parameters())
     print(
-        f"wrote {args.out} (CFG motion {config.architecture}, {config.layers} layers, {params:,} parameters) "
+        f"wrote {args.out} (CFG motion {config.architecture}, {config.layers} layers, {params:,} parameters in {args.dtype}) "
         f"from {checkpoint.source_file.name}"
     )
     print(f"folded {len(checkpoint.folded_rotary_keys)} duplicated rotary buffers into one")

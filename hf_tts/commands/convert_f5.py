@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from hf_tts.commands.convert import add_dtype_option
+
 
 def register(families: argparse._SubParsersAction) -> None:
-    from hf_tts.models.e2.configuration_e2 import E2_PRESETS
-    from hf_tts.models.f5.configuration_f5 import F5_PRESETS
+    from hf_tts.presets import E2_PRESETS, F5_PRESETS  # plain dicts: --help stays free of transformers
 
     presets = ", ".join([*F5_PRESETS, *E2_PRESETS])
     parser = families.add_parser(
@@ -44,6 +45,7 @@ def register(families: argparse._SubParsersAction) -> None:
         action="store_true",
         help="build a model above the size limit (hf_tts.modeling_utils.MAX_MODEL_PARAMETERS, 1e9 parameters)",
     )
+    add_dtype_option(parser)
     parser.set_defaults(func=_run)
 
 
@@ -61,8 +63,9 @@ def _run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         vocoder=args.vocoder,
         allow_large=args.allow_large,
+        dtype=args.dtype,
     )
     config = AutoConfig.from_pretrained(out)
     weights = "online (model_state_dict)" if args.use_online_weights else "EMA"
-    print(f"wrote {out} ({config.model_type}, architecture {config.architecture}, {weights} weights)")
+    print(f"wrote {out} ({config.model_type}, architecture {config.architecture}, {weights} weights in {args.dtype})")
     return 0

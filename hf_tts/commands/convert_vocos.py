@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from hf_tts.commands.convert import add_dtype_option
+
 
 def register(families: argparse._SubParsersAction) -> None:
     parser = families.add_parser(
@@ -20,13 +22,16 @@ def register(families: argparse._SubParsersAction) -> None:
         action="store_true",
         help="build a model above the size limit (hf_tts.modeling_utils.MAX_MODEL_PARAMETERS, 1e9 parameters)",
     )
+    add_dtype_option(parser)
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     from hf_tts.convert.vocos import convert_vocos_checkpoint
 
-    model = convert_vocos_checkpoint(args.src_dir, args.out, overwrite=args.overwrite, allow_large=args.allow_large)
+    model = convert_vocos_checkpoint(
+        args.src_dir, args.out, overwrite=args.overwrite, allow_large=args.allow_large, dtype=args.dtype
+    )
     params = sum(p.numel() for p in model.parameters())
-    print(f"wrote {args.out} (Vocos, {params:,} parameters, {model.config.sampling_rate} Hz)")
+    print(f"wrote {args.out} (Vocos, {params:,} parameters in {args.dtype}, {model.config.sampling_rate} Hz)")
     return 0

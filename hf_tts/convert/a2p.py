@@ -264,16 +264,24 @@ def load_upstream_a2p(source_dir: str | Path, *, allow_large: bool = False) -> t
 
 
 def convert_a2p_checkpoint(
-    source_dir: str | Path, out_dir: str | Path, *, overwrite: bool = False, allow_large: bool = False
+    source_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    allow_large: bool = False,
+    dtype: str = "float32",
 ) -> tuple[CFGMotionModel, A2PCheckpoint]:
     """Convert an upstream audio2photoreal diffusion folder into a `save_pretrained` folder (written atomically,
-    with a model card naming the source checkpoint). The output path is checked before anything is read, the
-    whole checkpoint before anything is written."""
+    with a model card naming the source checkpoint), with weights in `dtype` (`hf_tts.convert.f5.SAVE_DTYPES`).
+    The output path is checked before anything is read, the whole checkpoint before anything is written."""
+    from hf_tts.convert.f5 import cast_for_saving, check_save_dtype
     from hf_tts.hub.cards import write_model_card
 
     inputs = [source_dir]
+    check_save_dtype(dtype)
     check_output_target(out_dir, inputs=inputs, overwrite=overwrite, kind="dir")
     model, checkpoint = load_upstream_a2p(source_dir, allow_large=allow_large)
+    cast_for_saving(model, dtype, str(checkpoint.source_file))
     with atomic_output_dir(out_dir, overwrite=overwrite, inputs=inputs) as staging:
         model.save_pretrained(staging)
         write_model_card(

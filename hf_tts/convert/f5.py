@@ -299,6 +299,31 @@ def check_state_finite(model: torch.nn.Module, what: str) -> None:
         check_finite(tensor, f"{what}: {key}")
 
 
+# dtypes `hf-tts convert --dtype` saves in; float32 (the default) keeps upstream's values bit for bit.
+SAVE_DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
+
+
+def check_save_dtype(dtype: str) -> None:
+    """Refuse a save dtype other than `SAVE_DTYPES` before any work (the Python API has no argparse choices)."""
+    if dtype not in SAVE_DTYPES:
+        raise InputError(f"--dtype {dtype!r} is not one of {', '.join(SAVE_DTYPES)}")
+
+
+def cast_for_saving(model: torch.nn.Module, dtype: str, what: str) -> None:
+    """Cast `model` in place to the dtype its folder is saved in (config.json records it, so `from_pretrained`
+    loads it back in that dtype). Half precision halves the folder; a weight beyond float16's range would be saved
+    as inf, so it is refused by name instead."""
+    check_save_dtype(dtype)
+    if dtype == "float32":
+        return
+    for key, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and dtype == "float16" and bool((tensor.abs() > 65504).any()):
+            raise InputError(
+                f"{what}: {key} holds values beyond float16's range (65504); save it with --dtype bfloat16 or float32"
+            )
+    model.to(getattr(torch, dtype))
+
+
 def convert_f5_checkpoint(
     checkpoint: str | os.PathLike,
     arch: str | os.PathLike,
@@ -309,19 +334,22 @@ def convert_f5_checkpoint(
     overwrite: bool = False,
     vocoder: str | os.PathLike | None = None,
     allow_large: bool = False,
+    dtype: str = "float32",
 ) -> Path:
     """Convert an upstream F5-TTS/E2-TTS checkpoint into a folder that `AutoModel.from_pretrained` and
     `AutoTokenizer.from_pretrained` load. The output path is checked first (never an input, the current folder or
     a folder that is not a model), then the vocab, the arch, the model size (`allow_large` lifts the
     `MAX_MODEL_PARAMETERS` limit) and every key, shape, dtype and value of the checkpoint; any problem raises a
     one-line InputError and nothing is written. `vocoder` (a Vocos folder, upstream or converted) is attached and
-    saved with the model, with its processor, so the folder alone gives speech. Returns the folder."""
+    saved with the model, with its processor, so the folder alone gives speech. `dtype` (`SAVE_DTYPES`) is the
+    precision the weights are saved in. Returns the folder."""
     from hf_tts.convert.vocos import load_vocos
     from hf_tts.hub.cards import kind_for_config, write_model_card
     from hf_tts.processing import F5FeatureExtractor, F5Processor
     from hf_tts.tokenization_f5 import F5Tokenizer, read_vocab_file
 
     inputs = [checkpoint, vocab, vocoder, arch if Path(arch).exists() else None]
+    check_save_dtype(dtype)
     check_output_target(out_dir, inputs=inputs, overwrite=overwrite, kind="dir")
     with allow_large_models(allow_large):
         vocab_tokens = read_vocab_file(vocab)  # checked before the (large) checkpoint is read
@@ -344,6 +372,7 @@ def convert_f5_checkpoint(
         if vocos is not None:
             model.attach_vocoder(vocos)
             check_state_finite(vocos, f"vocoder {vocoder}")
+        cast_for_saving(model, dtype, str(checkpoint))
         tokenizer = F5Tokenizer(str(vocab), tokenizer_type=config.tokenizer_type)
         extractor = F5FeatureExtractor(sampling_rate=config.sampling_rate, hop_length=config.hop_length)
         # Everything is validated; only writing is left.

@@ -188,15 +188,24 @@ def load_vocos(source: str | os.PathLike) -> VocosModel:
 
 
 def convert_vocos_checkpoint(
-    src_dir: str | os.PathLike, out_dir: str | os.PathLike, *, overwrite: bool = False, allow_large: bool = False
+    src_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    allow_large: bool = False,
+    dtype: str = "float32",
 ) -> VocosModel:
-    """Convert an upstream Vocos folder into a `save_pretrained` folder at `out_dir` (written atomically). The
-    output path is checked before anything is read, the whole model before anything is written."""
+    """Convert an upstream Vocos folder into a `save_pretrained` folder at `out_dir` (written atomically), with
+    weights in `dtype` (`hf_tts.convert.f5.SAVE_DTYPES`). The output path is checked before anything is read, the
+    whole model before anything is written."""
+    from hf_tts.convert.f5 import cast_for_saving, check_save_dtype
     from hf_tts.hub.cards import write_model_card
 
     inputs = [src_dir]
+    check_save_dtype(dtype)
     check_output_target(out_dir, inputs=inputs, overwrite=overwrite, kind="dir")
     model = load_upstream_vocos(src_dir, allow_large=allow_large)
+    cast_for_saving(model, dtype, str(src_dir))
     with atomic_output_dir(out_dir, overwrite=overwrite, inputs=inputs) as staging:
         model.save_pretrained(staging)
         weights = Path(src_dir) / "pytorch_model.bin"

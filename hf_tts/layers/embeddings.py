@@ -8,6 +8,7 @@ import math
 import torch
 from torch import nn
 
+from hf_tts.errors import InputError
 from hf_tts.layers.convnext import ConvNeXtV2Block
 
 
@@ -66,10 +67,45 @@ def _per_sample(flag: bool | torch.Tensor, batch: int, device: torch.device) -> 
     return torch.full((batch,), bool(flag), device=device)
 
 
+def text_ids_from_inputs(
+    text: torch.Tensor | list | None,
+    input_ids: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    pad_token_id: int,
+) -> torch.Tensor | list:
+    """Upstream's text ids (B, T) padded with -1, from either convention: `text` as upstream builds it, or what
+    the tokenizer returns (`input_ids` padded with `pad_token_id`, optionally with `attention_mask`). Positions the
+    mask excludes become -1 and each row's kept ids move to its front, so a left-padded batch reads as upstream's
+    right-padded one. Ids padded with -1 pass through unchanged."""
+    if input_ids is not None:
+        if text is not None:
+            raise InputError("give the text ids once: `text` (ids padded with -1) or `input_ids`, not both")
+        text = input_ids
+    if text is None:
+        raise InputError("the text ids are missing: pass `text` (ids padded with -1) or `input_ids` from the tokenizer")
+    if not isinstance(text, torch.Tensor):
+        if attention_mask is not None:
+            raise InputError("attention_mask needs the ids as a (batch, tokens) tensor (return_tensors='pt')")
+        return text  # a list of id lists, padded by the model
+    if text.dtype.is_floating_point:
+        return text  # refused with its own message by the model's checks
+    text = text.masked_fill(text == pad_token_id, -1)
+    if attention_mask is None:
+        return text
+    if tuple(attention_mask.shape) != tuple(text.shape):
+        raise InputError(
+            f"attention_mask has shape {tuple(attention_mask.shape)} but the text ids have {tuple(text.shape)}"
+        )
+    keep = attention_mask.to(device=text.device, dtype=torch.bool)
+    order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices
+    return text.masked_fill(~keep, -1).gather(1, order)
+
+
 class TextEmbedding(nn.Module):
     """Vocab ids (B, T) padded with -1 -> (B, N, text_dim) aligned to N mel frames.
 
-    Ids are shifted by one so that -1 (padding) and positions past the text become the filler row 0. With
+    Ids are shifted by one so that -1 (padding) and positions past the text become the filler row 0. The
+    tokenizer's pad id (text_num_embeds, one past the last text id) is the same padding as -1. With
     `conv_layers > 0` a sinusoidal position table is added and ConvNeXt-V2 blocks run; `mask_padding` (v1) zeroes
     filler positions before and after each block, v0 lets them carry `embed[0] + pos`. `valid` (B, N) limits each
     sample to its own length (batched inference/training), as upstream 1.1.16+. The filler mask is taken before the
@@ -90,6 +126,7 @@ class TextEmbedding(nn.Module):
         valid: torch.Tensor | None = None,
         drop_text: bool | torch.Tensor = False,
     ) -> torch.Tensor:
+        text = text.masked_fill(text == self.text_embed.num_embeddings - 1, -1)  # the tokenizer's pad id
         tokens = (text + 1)[:, :seq_len]
         tokens = nn.functional.pad(tokens, (0, seq_len - tokens.shape[1]), value=0)
         if valid is not None:
@@ -140,4 +177,11 @@ class InputEmbedding(nn.Module):
         return self.conv_pos_embed(h, mask=mask) + h
 
 
-__all__ = ["ConvPositionEmbedding", "InputEmbedding", "TextEmbedding", "TimestepEmbedding", "sinusoidal_positions"]
+__all__ = [
+    "ConvPositionEmbedding",
+    "InputEmbedding",
+    "TextEmbedding",
+    "TimestepEmbedding",
+    "sinusoidal_positions",
+    "text_ids_from_inputs",
+]

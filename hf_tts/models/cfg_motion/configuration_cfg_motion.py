@@ -9,32 +9,7 @@ from transformers import AutoConfig, PreTrainedConfig
 
 from hf_tts.configuration_utils import MAX_CONFIG_SIZE, MAX_DIFFUSION_STEPS, HfTtsConfig, config_dataclass
 from hf_tts.limits import MAX_GUIDANCE_SCALE, MAX_SAMPLING_STEPS
-
-# Upstream's values per data format (`utils/model_util.get_model_args` + README training flags). Face: 256 expression
-# codes, conditioning = 2 x 512 vq-wav2vec features + 1014 lip-vertex features, a 2-layer rotary cond encoder.
-# Body: 104 joint angles, 1 fps keyframe cross-attention, the dilated post-conv stack.
-CFG_MOTION_ARCHITECTURES: dict[str, dict] = {
-    "face": dict(
-        nfeats=256,
-        latent_dim=512,
-        layers=8,
-        cond_feature_dim=2038,
-        cond_encoder_layers=2,
-        use_keyframes=False,
-        post_conv=False,
-        guidance_scale=10.0,
-    ),
-    "body": dict(
-        nfeats=104,
-        latent_dim=256,
-        layers=6,
-        cond_feature_dim=1024,
-        cond_encoder_layers=0,
-        use_keyframes=True,
-        post_conv=True,
-        guidance_scale=2.0,
-    ),
-}
+from hf_tts.presets import CFG_MOTION_ARCHITECTURES
 
 
 @config_dataclass

@@ -3,12 +3,7 @@
 from typing import ClassVar
 
 from hf_tts.configuration_utils import FlowMatchingTTSConfig, config_dataclass
-
-# Upstream's E2TTS_*.yaml `model.arch` blocks: no text_dim (so text_dim = mel_dim), no ConvNeXt text blocks.
-E2_PRESETS: dict[str, dict] = {
-    "E2TTS_Base": dict(dim=1024, depth=24, heads=16, ff_mult=4, text_mask_padding=False, pe_attn_head=1),
-    "E2TTS_Small": dict(dim=768, depth=20, heads=12, ff_mult=4, text_mask_padding=False, pe_attn_head=1),
-}
+from hf_tts.presets import E2_PRESETS
 
 
 @config_dataclass

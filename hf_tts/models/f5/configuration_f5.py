@@ -3,55 +3,7 @@
 from typing import ClassVar
 
 from hf_tts.configuration_utils import FlowMatchingTTSConfig, config_dataclass
-
-# Upstream's src/f5_tts/configs/*.yaml `model.arch` blocks (dim_head 64, dropout 0.1 everywhere).
-F5_PRESETS: dict[str, dict] = {
-    "F5TTS_v1_Base": dict(
-        dim=1024,
-        depth=22,
-        heads=16,
-        ff_mult=2,
-        text_dim=512,
-        conv_layers=4,
-        text_mask_padding=True,
-        qk_norm=None,
-        pe_attn_head=None,
-    ),
-    "F5TTS_Base": dict(
-        dim=1024,
-        depth=22,
-        heads=16,
-        ff_mult=2,
-        text_dim=512,
-        conv_layers=4,
-        text_mask_padding=False,
-        qk_norm=None,
-        pe_attn_head=1,
-    ),
-    "F5TTS_v1_Small": dict(
-        dim=768,
-        depth=18,
-        heads=12,
-        ff_mult=2,
-        text_dim=512,
-        conv_layers=4,
-        text_mask_padding=True,
-        qk_norm=None,
-        pe_attn_head=None,
-        tokenizer_type="char",
-    ),
-    "F5TTS_Small": dict(
-        dim=768,
-        depth=18,
-        heads=12,
-        ff_mult=2,
-        text_dim=512,
-        conv_layers=4,
-        text_mask_padding=False,
-        qk_norm=None,
-        pe_attn_head=1,
-    ),
-}
+from hf_tts.presets import F5_PRESETS
 
 
 @config_dataclass
