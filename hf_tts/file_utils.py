@@ -32,6 +32,7 @@ __all__ = [
     "hash_cache_dir",
     "load_torch_checkpoint",
     "load_yaml",
+    "read_small_document",
     "read_safetensors_header",
     "sha256_file",
 ]
@@ -201,6 +202,28 @@ def _tensor_span(entry: Any, key: str, damaged: str) -> tuple[int, int]:
 # Recipes, arch files and configs are small documents; anything bigger or deeper is a mistake or an attack.
 MAX_YAML_BYTES = 1 << 20
 MAX_YAML_DEPTH = 64
+
+
+def read_small_document(path: str | os.PathLike, source: str, *, max_bytes: int = MAX_YAML_BYTES) -> Any:
+    """Parse a small config document: JSON for a `.json` file, else YAML through `load_yaml`; at most `max_bytes`,
+    never read further. `source` names it in errors ("arch file X", "args.json of X")."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(max_bytes + 1)
+    except OSError as error:
+        raise InputError(f"{source} cannot be read: {error.strerror or error}") from None
+    if len(raw) > max_bytes:
+        raise InputError(f"{source} is larger than {max_bytes} bytes; a config document is much smaller")
+    if Path(path).suffix.lower() != ".json":
+        return load_yaml(raw, source)
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise InputError(f"{source} is not UTF-8 text (byte {error.start})") from None
+    except json.JSONDecodeError as error:
+        raise InputError(f"{source} is not valid JSON: {error}") from None
+    except RecursionError:
+        raise InputError(f"{source} is nested too deeply to be a config") from None
 
 
 def load_yaml(text: str | bytes, source: str) -> Any:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from hf_tts.errors import CheckpointMismatchError, InputError
-from hf_tts.file_utils import atomic_output_dir, check_output_target, load_torch_checkpoint
+from hf_tts.file_utils import atomic_output_dir, check_output_target, load_torch_checkpoint, read_small_document
 from hf_tts.layers.film import rotary_frequencies
 from hf_tts.modeling_utils import allow_large_models, check_model_size
 from hf_tts.models.cfg_motion.configuration_cfg_motion import CFGMotionConfig
@@ -194,24 +194,6 @@ def config_from_upstream(
     return config
 
 
-def _read_args(args_path: Path) -> Any:
-    try:
-        with open(args_path, "rb") as handle:
-            raw = handle.read(MAX_ARGS_BYTES + 1)
-    except OSError as error:
-        raise InputError(f"{args_path} cannot be read: {error.strerror or error}") from error
-    if len(raw) > MAX_ARGS_BYTES:
-        raise InputError(f"{args_path} is larger than {MAX_ARGS_BYTES} bytes; upstream's args.json is about 2 KB")
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as error:
-        raise InputError(f"{args_path} is not UTF-8 text (byte {error.start})") from None
-    except json.JSONDecodeError as error:
-        raise InputError(f"{args_path} is not valid JSON: {error}") from None
-    except RecursionError:
-        raise InputError(f"{args_path} is nested too deeply to be upstream's args.json") from None
-
-
 def read_a2p_checkpoint(source_dir: str | Path, *, allow_large: bool = False) -> A2PCheckpoint:
     """Read an upstream audio2photoreal diffusion folder into a config and a state dict for `CFGMotionModel`.
     Every kept weight must be a finite floating-point tensor."""
@@ -223,7 +205,7 @@ def read_a2p_checkpoint(source_dir: str | Path, *, allow_large: bool = False) ->
     args_path = source_dir / "args.json"
     if not args_path.is_file():
         raise InputError(f"{source_dir} has no args.json (upstream writes it next to model*.pt)")
-    args = _read_args(args_path)
+    args = read_small_document(args_path, f"{args_path}", max_bytes=MAX_ARGS_BYTES)
     if not isinstance(args, dict):
         raise InputError(f"{args_path} must hold a JSON object (upstream's saved arguments), got {type(args).__name__}")
     source = find_checkpoint(source_dir)

@@ -11,7 +11,6 @@ it holds the standard frequencies.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,13 +21,12 @@ from transformers.utils import logging
 
 from hf_tts.errors import CheckpointMismatchError, InputError
 from hf_tts.file_utils import (
-    MAX_YAML_BYTES,
     atomic_output_dir,
     check_finite,
     check_output_target,
     load_torch_checkpoint,
-    load_yaml,
     read_safetensors_header,
+    read_small_document,
 )
 from hf_tts.modeling_utils import allow_large_models, check_model_size
 from hf_tts.models.checkpoint_check import check_weight_shapes, expected_state_shapes, summarize_weights
@@ -123,27 +121,6 @@ def _config_from_upstream_model_block(
         raise InputError(f"arch file {source}: {error}") from error
 
 
-def _read_arch_document(path: Path) -> Any:
-    """The parsed arch file: JSON by suffix, else YAML through the safe loader (no alias bombs, bounded size)."""
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_YAML_BYTES + 1)
-    except OSError as error:
-        raise InputError(f"arch file {path} cannot be read: {error.strerror or error}") from error
-    if path.suffix.lower() != ".json":
-        return load_yaml(raw, f"arch file {path}")
-    if len(raw) > MAX_YAML_BYTES:
-        raise InputError(f"arch file {path} is larger than {MAX_YAML_BYTES} bytes; an arch config is much smaller")
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as error:
-        raise InputError(f"arch file {path} is not UTF-8 text (byte {error.start})") from None
-    except json.JSONDecodeError as error:
-        raise InputError(f"arch file {path} could not be parsed: {error}") from None
-    except RecursionError:
-        raise InputError(f"arch file {path} is nested too deeply to be an arch config") from None
-
-
 def resolve_arch(arch: str | os.PathLike, *, text_num_embeds: int | None = None) -> FlowMatchingConfig:
     """The config of `arch`: a preset name ("F5TTS_v1_Base", "E2TTS_Base", ...), an upstream YAML config file (its
     `model:` block) or a JSON with `backbone`/`arch`/`mel_spec` keys. `text_num_embeds` is the vocab size (upstream
@@ -157,7 +134,7 @@ def resolve_arch(arch: str | os.PathLike, *, text_num_embeds: int | None = None)
         raise InputError(
             f"--arch {arch!r} is neither a preset ({', '.join(presets)}) nor an existing upstream YAML/JSON config"
         )
-    document = _read_arch_document(path)
+    document = read_small_document(path, f"arch file {path}")
     if not isinstance(document, dict):
         raise InputError(f"arch file {path} must hold a mapping, got {type(document).__name__}")
     block = document.get("model", document)

@@ -290,6 +290,23 @@ _ENTRY_IN_CHAIN = select(db.entries).where(
 )
 
 
+def _entry_row(commit_id: int, path: str, entry: Entry | None, changed_in: int | None) -> dict[str, Any]:
+    """An `entries` row: the file at `path` as of `commit_id`, or a deletion marker (all None) when `entry` is None."""
+    if entry is None:
+        return dict(commit_id=commit_id, path=path, sha256=None, sha1=None, size=None, changed_in=None, lfs=None,
+                    xet_hash=None)  # fmt: skip
+    return dict(
+        commit_id=commit_id,
+        path=path,
+        sha256=entry.sha256,
+        sha1=entry.sha1,
+        size=entry.size,
+        changed_in=changed_in,
+        lfs=entry.lfs,
+        xet_hash=entry.xet_hash,
+    )
+
+
 class Store:
     """Repos, commits, trees and refs of one registry (a root folder and its database)."""
 
@@ -656,50 +673,13 @@ class Store:
         ).inserted_primary_key[0]
         chain = (commit_id,) if snapshot else (commit_id, *parent.chain)  # type: ignore[union-attr]
         conn.execute(update(db.commits).where(db.commits.c.id == commit_id).values(chain=" ".join(map(str, chain))))
-        rows = []
         if snapshot:
-            for path, entry in files.items():
-                changed_in = commit_id if path in changed else entry.changed_in
-                rows.append(
-                    dict(
-                        commit_id=commit_id,
-                        path=path,
-                        sha256=entry.sha256,
-                        sha1=entry.sha1,
-                        size=entry.size,
-                        changed_in=changed_in,
-                        lfs=entry.lfs,
-                        xet_hash=entry.xet_hash,
-                    )
-                )
+            rows = [
+                _entry_row(commit_id, path, entry, commit_id if path in changed else entry.changed_in)
+                for path, entry in files.items()
+            ]
         else:
-            for path, entry in changed.items():
-                if entry is None:
-                    rows.append(
-                        dict(
-                            commit_id=commit_id,
-                            path=path,
-                            sha256=None,
-                            sha1=None,
-                            size=None,
-                            changed_in=None,
-                            lfs=None,
-                            xet_hash=None,
-                        )
-                    )
-                else:
-                    rows.append(
-                        dict(
-                            commit_id=commit_id,
-                            path=path,
-                            sha256=entry.sha256,
-                            sha1=entry.sha1,
-                            size=entry.size,
-                            changed_in=commit_id,
-                            lfs=entry.lfs,
-                            xet_hash=entry.xet_hash,
-                        )
-                    )
+            rows = [_entry_row(commit_id, path, entry, commit_id) for path, entry in changed.items()]
         for start in range(0, len(rows), 5000):
             conn.execute(insert(db.entries), rows[start : start + 5000])
         commit = Commit(
