@@ -110,26 +110,36 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, Any], in
     """(header, data_start) of a safetensors file: the JSON header ({key: {dtype, shape, data_offsets}} plus an
     optional `__metadata__`) and the byte offset where tensor data begins. No tensor data is read.
 
-    The header is checked as strictly as safetensors checks it, so a file this accepts is one safetensors loads with
-    the same meaning: no duplicate keys, known dtypes, shapes of non-negative integers, offsets that match
-    shape x itemsize and tile the data exactly (no overlap, gap or trailing bytes), `__metadata__` a str -> str map.
-    """
+    The header is checked as strictly as safetensors checks it (see `parse_safetensors_header`)."""
     try:
         with open(path, "rb") as handle:
-            prefix = handle.read(8)
             size = os.fstat(handle.fileno()).st_size
-            if len(prefix) < 8:
-                raise InputError(f"{path} is not a readable safetensors file: it is shorter than 8 bytes")
-            (header_size,) = struct.unpack("<Q", prefix)
-            if header_size > min(_MAX_SAFETENSORS_HEADER, size - 8):
-                raise InputError(
-                    f"{path} is not a readable safetensors file: its header claims {header_size} bytes "
-                    f"but the file has {size} bytes"
-                )
+            header_size = safetensors_header_length(handle.read(8), size, str(path))
             raw = handle.read(header_size)
     except OSError as error:
         raise InputError(f"cannot read {path}: {error.strerror or error}") from error
-    damaged = f"{path} is not a readable safetensors file"
+    return parse_safetensors_header(raw, size, str(path)), 8 + header_size
+
+
+def safetensors_header_length(prefix: bytes, file_size: int, source: str) -> int:
+    """The header length a safetensors file's first 8 bytes claim, refused when it cannot fit the file."""
+    if len(prefix) < 8:
+        raise InputError(f"{source} is not a readable safetensors file: it is shorter than 8 bytes")
+    (header_size,) = struct.unpack("<Q", prefix[:8])
+    if header_size > min(_MAX_SAFETENSORS_HEADER, file_size - 8):
+        raise InputError(
+            f"{source} is not a readable safetensors file: its header claims {header_size} bytes "
+            f"but the file has {file_size} bytes"
+        )
+    return header_size
+
+
+def parse_safetensors_header(raw: bytes, file_size: int, source: str) -> dict[str, Any]:
+    """The JSON header `raw` of a safetensors file of `file_size` bytes, checked as strictly as safetensors does, so
+    a file this accepts is one safetensors loads with the same meaning: no duplicate keys, known dtypes, shapes of
+    non-negative integers, offsets that match shape x itemsize and tile the data exactly (no overlap, gap or trailing
+    bytes), `__metadata__` a str -> str map. `source` names the file in errors."""
+    damaged = f"{source} is not a readable safetensors file"
     try:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
     except _DuplicateKey as error:
@@ -152,12 +162,12 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, Any], in
             problem = "overlaps another tensor" if begin < position else "leaves a gap before it"
             raise InputError(f"{damaged}: the data of tensor {key!r} {problem}")
         position = end
-    if 8 + header_size + position != size:
+    if 8 + len(raw) + position != file_size:
         raise InputError(
-            f"{damaged}: its tensors cover {position} data bytes but the file holds {size - 8 - header_size} "
+            f"{damaged}: its tensors cover {position} data bytes but the file holds {file_size - 8 - len(raw)} "
             "(truncated, or trailing bytes)"
         )
-    return header, 8 + header_size
+    return header
 
 
 class _DuplicateKey(ValueError):
