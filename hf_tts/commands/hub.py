@@ -300,5 +300,9 @@ def _serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    server.serve_forever()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM, re-raised by uvicorn after its graceful shutdown
+        pass
+    print("hf-tts hub: stopped", file=sys.stderr)
     return 0
