@@ -1,15 +1,16 @@
-"""Run `hf_tts.registration.register_all()` as soon as the Auto classes are used, without importing transformers for
-it.
+"""Run `hf_tts.registration`'s two parts as soon as they are needed, without importing transformers for it.
 
 transformers has no plugin entry point, so the Auto classes learn the package's model types by registration; that
 imports the models (and torch, and transformers' modeling machinery, seconds). Doing it inside `import hf_tts` would
 make every `hf-tts --help` and the torch-free registry server pay for it, and doing it when `import transformers`
 completes would make `import hf_tts, transformers` pay it too although transformers itself is lazy. Instead an import
-hook waits for the first of transformers' Auto modules (configuration_auto, modeling_auto, tokenization_auto, ...)
-or its pipelines: registration runs when that import completes, or, if it happened in the middle of importing one of
-the package's own modules or a watched transformers module (which registration needs whole), when the last such
-module finishes. Every route to an Auto class or `pipeline()` goes through those modules, so registration is
-always in place before they are used.
+hook waits for the first of transformers' Auto modules (configuration_auto, modeling_auto, tokenization_auto, ...):
+the Auto-class part runs when that import completes, and the pipeline part (which needs `transformers.pipelines`,
+itself over a second to import) only when `transformers.pipelines` is imported. If such an import completes in the
+middle of importing one of the package's own modules or a watched transformers module (which registration needs
+whole), registration waits for the last such module to finish. Every route to an Auto class goes through the Auto
+modules and every route to `pipeline()` through `transformers.pipelines`, so each part is in place before it is
+used.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from types import ModuleType
 from typing import Any
 
 _lock = threading.RLock()
-# transformers modules whose import means the Auto classes or pipelines are about to be used (registration runs then).
+_PIPELINES = "transformers.pipelines"
+# transformers modules whose import means the Auto classes (or, for _PIPELINES, the pipelines) are about to be used.
 _TRIGGERS = frozenset(
     {
         "transformers.models.auto.configuration_auto",
@@ -29,9 +31,11 @@ _TRIGGERS = frozenset(
         "transformers.models.auto.tokenization_auto",
         "transformers.models.auto.feature_extraction_auto",
         "transformers.models.auto.processing_auto",
-        "transformers.pipelines",
+        _PIPELINES,
     }
 )
+# Set while a registration part runs: the package modules it imports finish inside it and must not start it again.
+_registering = False
 # transformers packages that must be whole before registration imports from them.
 _WATCHED = _TRIGGERS | {"transformers", "transformers.models", "transformers.models.auto"}
 
@@ -46,16 +50,20 @@ def _initializing(module: ModuleType | None, finishing: ModuleType | None) -> bo
 
 
 def _try_register(finishing: ModuleType | None = None) -> None:
-    """Register now if one of transformers' Auto modules (or its pipelines) is imported and none of the watched
-    transformers modules or the package's modules (other than `finishing`, whose code has just run) is half
-    imported."""
+    """Run the registration parts whose trigger modules are imported, unless one of the watched transformers modules
+    or of the package's modules (other than `finishing`, whose code has just run) is half imported."""
+    global _registering
     from hf_tts import registration
 
     with _lock:
-        if registration.is_registered():
+        if registration.pipelines_registered():
             _uninstall()
             return
-        if not any(not _initializing(sys.modules.get(name), finishing) for name in _TRIGGERS if name in sys.modules):
+        if _registering:
+            return
+        imported = {name for name in _TRIGGERS if not _initializing(sys.modules.get(name), finishing)}
+        imported &= sys.modules.keys()
+        if not imported:
             return
         if any(_initializing(sys.modules.get(name), finishing) for name in _WATCHED if name in sys.modules):
             return
@@ -65,8 +73,15 @@ def _try_register(finishing: ModuleType | None = None) -> None:
             for name, module in list(sys.modules.items())
         ):
             return
-        _uninstall()
-        registration.register_all()
+        _registering = True
+        try:
+            registration.register_auto_classes()
+            # the pipelines too if they are imported (possibly by what the Auto-class part just imported)
+            if _PIPELINES in sys.modules and not _initializing(sys.modules[_PIPELINES], finishing):
+                _uninstall()
+                registration.register_pipelines()
+        finally:
+            _registering = False
 
 
 class _RegisterAfterImport(importlib.abc.MetaPathFinder):
@@ -106,15 +121,12 @@ def _uninstall() -> None:
 
 
 def register_when_transformers_is_ready() -> None:
-    """Register now if transformers' Auto classes are already imported, else once they are."""
+    """Register what is needed now if transformers' Auto classes or pipelines are already imported, and the rest
+    once they are."""
+    from hf_tts import registration
+
     with _lock:
         if any(name in sys.modules for name in _TRIGGERS):
             _try_register()
-        if not _registered_now() and _finder not in sys.meta_path:
+        if not registration.pipelines_registered() and _finder not in sys.meta_path:
             sys.meta_path.insert(0, _finder)
-
-
-def _registered_now() -> bool:
-    from hf_tts import registration
-
-    return registration.is_registered()

@@ -24,7 +24,7 @@ from hf_tts.audio import LogMelSpectrogram
 from hf_tts.configuration_utils import FlowMatchingTTSConfig
 from hf_tts.errors import InputError
 from hf_tts.layers.convnext import GlobalResponseNorm
-from hf_tts.layers.embeddings import InputEmbedding, TextEmbedding, TimestepEmbedding
+from hf_tts.layers.embeddings import InputEmbedding, TextEmbedding, TimestepEmbedding, text_ids_from_inputs
 from hf_tts.layers.normalization import RMSNorm, ScaledL2RMSNorm, ZeroInitLinear
 from hf_tts.layers.rotary import RotaryEmbedding
 from hf_tts.limits import MAX_CHUNK_SECONDS
@@ -328,13 +328,22 @@ class FlowMatchingTTSModel(SpeechSynthesisMixin, HfTtsPreTrainedModel):
     def forward(
         self,
         mel: torch.Tensor,
-        text: torch.Tensor,
+        text: torch.Tensor | None = None,
         mel_lengths: torch.Tensor | None = None,
         return_dict: bool = True,
+        *,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
     ) -> FlowMatchingOutput | tuple:
         """Flow-matching loss of upstream `CFM.forward`: mel (B, N, mel_dim), text (B, T) ids padded with -1,
         mel_lengths (B,) valid frames (default: all N). A random span of 70-100% of each sample is infilled from
-        noise at a uniform flow time; the rest is the audio prompt. The padding mask is passed to the backbone."""
+        noise at a uniform flow time; the rest is the audio prompt. The padding mask is passed to the backbone.
+
+        Instead of `text`, what the tokenizer returns is accepted (`input_ids` padded with its pad id,
+        config.text_num_embeds, and `attention_mask`), turned into upstream's -1 padded ids first, so
+        `model(mel=mel, **tokenizer(texts, padding=True, return_tensors="pt"))` trains exactly as the -1 padded ids
+        do."""
+        text = text_ids_from_inputs(text, input_ids, attention_mask, self.config.text_num_embeds)
         if mel.ndim != 3 or mel.shape[-1] != self.config.mel_dim:
             raise InputError(f"mel must have shape (batch, frames, {self.config.mel_dim}), got {tuple(mel.shape)}")
         batch, seq_len = mel.shape[:2]
@@ -437,9 +446,11 @@ class FlowMatchingTTSModel(SpeechSynthesisMixin, HfTtsPreTrainedModel):
     def sample(
         self,
         cond: torch.Tensor,
-        text: torch.Tensor | list[list[int]],
-        duration: int | torch.Tensor,
+        text: torch.Tensor | list[list[int]] | None = None,
+        duration: int | torch.Tensor | None = None,
         *,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
         steps: int | None = None,
         cfg_strength: float | None = None,
         sway_sampling_coef: float | None | _ConfigDefault = CONFIG_DEFAULT,
@@ -462,7 +473,8 @@ class FlowMatchingTTSModel(SpeechSynthesisMixin, HfTtsPreTrainedModel):
         sampling settings (`sway_sampling_coef=None` disables sway). seed: re-seed before each sample's
         `randn(duration_b, mel_dim)` (upstream's noise); latents (B, >= N, mel_dim) replaces the noise.
         no_ref_audio: zero the prompt audio (its `lens` frames still count as prompt and come back as zeros), as
-        upstream's flag.
+        upstream's flag. Instead of `text`, the tokenizer's `input_ids` (padded with its pad id) and
+        `attention_mask` are accepted, as in `forward`.
 
         With several samples, each is masked to its own duration exactly as upstream's `CFM.sample` masks it (attention
         keys only when `config.attn_mask_enabled`), so batched results equal upstream's batched results.
@@ -473,6 +485,9 @@ class FlowMatchingTTSModel(SpeechSynthesisMixin, HfTtsPreTrainedModel):
         `compile=True` runs the backbone through `torch.compile` (see `compiled_backbone`): the first call per input
         layout pays a compilation (tens of seconds on CPU), later calls run faster and agree with eager within 1e-5.
         """
+        if duration is None:
+            raise InputError("sample needs `duration`: the total number of mel frames, prompt included")
+        text = text_ids_from_inputs(text, input_ids, attention_mask, self.config.text_num_embeds)
         config = self.config
         sway_given = None if isinstance(sway_sampling_coef, _ConfigDefault) else sway_sampling_coef
         check_sampling_options(steps, cfg_strength, sway_given, seed)

@@ -163,7 +163,7 @@ class AudioToMotionPipeline(Pipeline):
     `{"array", "sampling_rate"}` dict, turned into conditioning by the model's audio encoder after per-utterance
     normalisation (zero mean, unit variance, as wav2vec2 / HuBERT expect); the motion lasts as long as the audio.
     Precomputed features work without an audio encoder: pass `{"cond_features": (length, C) array}` and
-    `num_frames`."""
+    `num_frames`. Inputs reach the model in its own dtype, so a model loaded or cast to bf16/fp16 runs as is."""
 
     _load_tokenizer = False
     _load_feature_extractor = False
@@ -205,9 +205,9 @@ class AudioToMotionPipeline(Pipeline):
 
         from hf_tts.audio import load_audio
 
-        config = self.model.config
+        config, dtype = self.model.config, self.model.dtype
         if isinstance(inputs, dict) and "cond_features" in inputs:
-            return {"cond_features": self._features(inputs["cond_features"]).to(self.device)}
+            return {"cond_features": self._features(inputs["cond_features"]).to(self.device, dtype)}
         if self.model.audio_encoder is None:
             raise InputError(
                 "this model has no audio encoder (config.audio_encoder), so it cannot take audio; pass "
@@ -215,7 +215,7 @@ class AudioToMotionPipeline(Pipeline):
             )
         wave = load_audio(inputs, config.audio_sampling_rate, input_sampling_rate=sampling_rate)
         wave = (wave - wave.mean()) / np.sqrt(wave.var() + 1e-7)
-        return {"audio": torch.from_numpy(wave)[None].to(self.device)}
+        return {"audio": torch.from_numpy(wave)[None].to(self.device, dtype)}
 
     @staticmethod
     def _features(values: Any) -> Any:
@@ -253,7 +253,7 @@ class AudioToMotionPipeline(Pipeline):
             raise InputError("num_frames is required with precomputed cond_features (audio sets it from its length)")
         generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
         if keyframes is not None:
-            keyframes = torch.as_tensor(keyframes, dtype=torch.float32, device=self.device)
+            keyframes = torch.as_tensor(keyframes, dtype=self.model.dtype, device=self.device)
             keyframes = keyframes[None] if keyframes.dim() == 2 else keyframes
         motion = self.model.generate(
             **model_inputs,

@@ -55,8 +55,15 @@ ATTACH_HINT = (
     "an upstream charactr/vocos-mel-24khz folder), `hf-tts convert f5 ... --vocoder DIR`, or "
     "`model.attach_vocoder(VocosModel.from_pretrained(...))`"
 )
-# Keyword arguments transformers' text-to-speech pipeline adds to every `generate` call; they mean nothing here.
-_PIPELINE_GENERATE_KWARGS = ("max_new_tokens", "return_dict_in_generate", "attention_mask", "input_ids")
+# Keyword arguments transformers' text-to-speech pipeline adds to every `generate` call (pad_token_id since the
+# tokenizer has a pad id); they mean nothing here.
+_PIPELINE_GENERATE_KWARGS = (
+    "max_new_tokens",
+    "return_dict_in_generate",
+    "attention_mask",
+    "input_ids",
+    "pad_token_id",
+)
 SAMPLING_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # What one request of `synthesize_batch` may hold besides text / ref_audio / ref_text.
 REQUEST_OPTIONS = (
@@ -579,11 +586,13 @@ class SpeechSynthesisMixin:
         """Speak `text` in the voice of `ref_audio` (whose transcript is `ref_text`). `nfe_step` / `cfg_strength`
         default to the config's sampling settings; `fix_duration` (seconds, reference included) fixes the length
         (shared by the chunks, as upstream 1.1.22); `remove_silence` shortens silences over 1 s (upstream's option);
-        `seed` makes the noise reproducible (each chunk is seeded alike); `progress` shows tqdm bars over the
-        batched ODE steps and the vocoded chunks; `compile` samples with the torch.compile'd backbone (see
+        `seed` makes the noise reproducible (each chunk is seeded alike); `progress` shows a bar over the batched
+        ODE steps, on a terminal only (tqdm's disable=None: logs and captured stderr stay clean) and unless
+        huggingface_hub's progress bars are disabled (`hf-tts --quiet`, HF_HUB_DISABLE_PROGRESS_BARS), like every
+        other bar of the package; `compile` samples with the torch.compile'd backbone (see
         `FlowMatchingTTSModel.sample`); `dtype` is the sampling precision ("auto": bf16 where the hardware has it,
         see `resolve_sampling_dtype`; torch.float32 for upstream's exact numbers)."""
-        from tqdm.auto import tqdm
+        from huggingface_hub.utils import tqdm
 
         inputs, sampler, options = self._prepare_request(
             text,
@@ -603,7 +612,7 @@ class SpeechSynthesisMixin:
         label = f"{len(inputs.chunks)} chunk{'s' if len(inputs.chunks) > 1 else ''}"
         mels, waves = [], []
         # closed on an error too, so the bar is finished before the error is reported, not after it
-        with tqdm(desc=f"synthesizing {label}", unit="step", disable=not progress) as bar:
+        with tqdm(desc=f"synthesizing {label}", unit="step", disable=None if progress else True) as bar:
 
             def advance(step: int, total: int) -> None:
                 bar.total = total
@@ -766,15 +775,19 @@ def load_speech_model(
     sampling_dtype: torch.dtype | str | None = None,
 ) -> SpeechSynthesisMixin:
     """A model object, or a folder / repo id loaded with AutoModel (in `dtype`; "auto" keeps the saved one). The
-    device is checked before anything is loaded. `sampling_dtype` ("auto" or a dtype, see
+    device and the source are checked before anything is loaded (a mistyped local folder is an InputError at once,
+    not a Hub lookup with retries). `sampling_dtype` ("auto" or a dtype, see
     `resolve_sampling_dtype`) casts the flow-matching part in place, so sampling in it needs no second copy; the
     vocoder stays as loaded (fp32: it is small, and upstream runs it in fp32)."""
     device = resolve_device(device)
     if isinstance(source, (str, os.PathLike)):
         from transformers import AutoModel
 
+        from hf_tts.model_source import check_model_source
+
+        source = check_model_source(source, "model")
         try:
-            model = AutoModel.from_pretrained(str(source), dtype=dtype)
+            model = AutoModel.from_pretrained(source, dtype=dtype)
         except (OSError, ValueError) as error:
             raise InputError(f"could not load a model from {source}: {str(error).strip().splitlines()[0]}") from error
     else:

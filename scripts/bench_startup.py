@@ -7,7 +7,9 @@ machines compare).
 Each figure is the median wall time of fresh interpreters, run alternately with the baseline (so a machine whose
 load changes during the run still gives fair ratios; the baseline column is the one measured beside it). The target: every --help far below the baseline (it
 imports neither torch nor transformers), and `import hf_tts` plus the registration it triggers at most 0.3 s above
-`import torch, transformers`.
+`import torch, transformers`. The AutoModel rows compare `import hf_tts; from transformers import AutoModel` (the
+registration's Auto-class part; the pipeline part waits for `transformers.pipelines`) with the same import without
+hf_tts.
 """
 
 from __future__ import annotations
@@ -57,6 +59,14 @@ def main() -> None:
                 "-c",
                 "import hf_tts, torch; from transformers import AutoConfig; AutoConfig.for_model('hf_tts_f5')",
             ],
+        ),
+        (
+            "import hf_tts, torch + AutoModel (Auto-class part)",
+            [python, "-c", "import hf_tts, torch; from transformers import AutoModel"],
+        ),
+        (
+            "import torch + AutoModel (no hf_tts)",
+            [python, "-c", "import torch; from transformers import AutoModel"],
         ),
         (
             "import hf_tts, torch + AutoModel, pipeline (registers)",

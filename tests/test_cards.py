@@ -124,6 +124,10 @@ def test_retarget_points_the_snippet_at_the_repo():
     assert 'model_id = "org/voice"' in usage_snippet(moved)
     assert "./local" not in usage_snippet(moved)
     assert retarget_model_card("# hand-written", "org/voice") == "# hand-written"
+    # The heading names the repo, not the local folder; a hand-written heading is kept.
+    assert "\n# org/voice\n" in moved and "./local" not in moved
+    renamed = text.replace("\n# ./local\n", "\n# My voice\n")
+    assert "\n# My voice\n" in retarget_model_card(renamed, "org/voice")
 
 
 @pytest.mark.parametrize("kind", ["f5", "f5+vocoder", "vocos"])

@@ -80,6 +80,32 @@ def test_pipeline_with_precomputed_features(features_model_dir):
         pipe({"cond_features": features})
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_pipeline_hands_the_model_its_own_dtype(audio_model_dir, dtype):
+    # Audio, features and keyframes reach the model in its dtype (float32 inputs into a bf16 model fail in its
+    # first matmul); the motion comes back as float32, equal to calling the model with inputs in its dtype.
+    wave = np.random.default_rng(0).standard_normal(8000).astype(np.float32)
+    audio_pipe = pipeline("audio-to-motion", model=str(audio_model_dir), device="cpu")
+    audio_pipe.model.to(dtype)
+    motion = audio_pipe(wave, seed=1)["motion"]
+    assert motion.dtype == np.float32 and motion.shape == (15, 6) and np.isfinite(motion).all()
+
+    torch.manual_seed(0)
+    body = CFGMotionModel(CFGMotionConfig(architecture="body", num_inference_steps=4, max_cond_len=64, **TINY)).eval()
+    body_pipe = pipeline("audio-to-motion", model=body.to(dtype), device="cpu")
+    features = np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32)
+    keyframes = np.random.default_rng(1).standard_normal((1, 6)).astype(np.float32)  # ceil(12 / stride 30) rows
+    motion = body_pipe({"cond_features": features}, num_frames=12, seed=0, keyframes=keyframes)["motion"]
+    expected = body.generate(
+        torch.from_numpy(features)[None].to(dtype),
+        12,
+        keyframes=torch.from_numpy(keyframes)[None].to(dtype),
+        generator=torch.Generator().manual_seed(0),
+    )[0]
+    assert motion.dtype == np.float32
+    np.testing.assert_array_equal(motion, expected.float().numpy())
+
+
 def test_animate_cli_writes_motion_and_plot(audio_model_dir, tmp_path, capsys):
     audio = tmp_path / "voice.wav"
     soundfile.write(audio, np.random.default_rng(1).standard_normal(16000).astype(np.float32) * 0.1, 16000)

@@ -23,6 +23,8 @@ FAST = ["--lr", "2e-3", "--batch-frames", "300", "--ema-update-after-step", "1",
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("finetune")
+    (folder / "existing").mkdir()
+    (folder / "existing" / "config.json").write_text("{}")  # an earlier output: --out needs --overwrite
     return make_model_folder(folder / "base"), write_metadata_folder(folder / "data", count=4), folder
 
 
@@ -106,12 +108,15 @@ def test_unknown_tokens_need_extend_vocab(inputs, capsys, tmp_path):
 @pytest.mark.parametrize(
     "arguments, message",
     [
-        (["--data", "{folder}/nowhere"], "is not a folder"),
+        (["--data", "{folder}/nowhere"], "--data folder {folder}/nowhere does not exist"),
+        (["--data", "./nowhere/data"], "--data folder ./nowhere/data does not exist"),
+        (["--data", "{data}/metadata.csv"], "is not a folder"),
+        (["--data", "{data}", "--data-revision", "v1"], "--data-revision applies to a Hub dataset repo"),
         (["--data", "{base}"], "has neither a metadata.csv"),
         (["--data", "{folder}"], "lies inside the input"),
         (["--data", "{data}", "--max-steps", "0"], "argument --max-steps: 0 is outside [1, 10000000]"),
         (["--data", "{data}", "--out", "{base}"], "is the input"),
-        (["--data", "{data}", "--out", "{folder}/out"], "already exists"),
+        (["--data", "{data}", "--out", "{folder}/existing"], "already exists"),
         (["--data", "{data}", "--model", "{folder}/no-model"], "cannot load the model"),
     ],
 )
@@ -129,7 +134,7 @@ def test_bad_input_exits_2_with_one_line(inputs, capsys, arguments, message):
         code = exit.code
     assert code == 2
     error = capsys.readouterr().err.strip()
-    assert message in error and len(error.splitlines()) == 1
+    assert message.format(**values) in error and len(error.splitlines()) == 1
     assert not (folder / "never").exists()
 
 
@@ -159,3 +164,52 @@ def test_finetune_from_a_hub_repo_and_push_the_result(inputs, local_hub, capsys,
     # Provenance: the repo at the commit it was loaded from, and the hash of its weights.
     assert f"Source `org/base@{HfApi().model_info('org/base').sha}`" in card.text
     assert f"sha256 `{sha256_file(Path(base) / 'model.safetensors')}`" in card.text
+
+
+def test_finetune_on_a_hub_dataset_repo(inputs, local_hub, capsys, tmp_path):
+    """--data org/data: a dataset repo with the metadata.csv layout, pushed with the real client, is downloaded
+    (HF_ENDPOINT, --data-revision) and trained on like the local folder; the card names the repo at its commit.
+    A missing repo or revision is one line; a metadata.csv that points outside its repo is refused."""
+    base, data, _ = inputs
+    api = HfApi()
+    api.create_repo("org/data", repo_type="dataset")
+    first = api.upload_folder(folder_path=data, repo_id="org/data", repo_type="dataset").oid
+    api.create_tag("org/data", tag="v1", repo_type="dataset")
+    # A later commit that drops two clips: --data-revision v1 still trains on four.
+    metadata = (data / "metadata.csv").read_text().splitlines()
+    api.upload_file(
+        path_or_fileobj="\n".join(metadata[:3]).encode() + b"\n",
+        path_in_repo="metadata.csv",
+        repo_id="org/data",
+        repo_type="dataset",
+    )
+    out = tmp_path / "tuned"
+    assert finetune("--model", base, "--data", "org/data", "--out", out, "--max-steps", 2, *FAST) == 0
+    assert "trained 2 steps on 2 rows" in capsys.readouterr().out
+    latest = api.dataset_info("org/data").sha
+    assert f"| `data` | `org/data@{latest}` |" in (out / "README.md").read_text()
+    pinned = tmp_path / "pinned"
+    code = finetune(
+        "--model", base, "--data", "org/data", "--data-revision", "v1", "--out", pinned, "--max-steps", 1, *FAST
+    )
+    assert code == 0 and "trained 1 steps on 4 rows" in capsys.readouterr().out
+    assert f"| `data` | `org/data@{first}` |" in (pinned / "README.md").read_text()
+
+    refused = tmp_path / "refused"
+    for arguments, message in (
+        (["--data", "org/nothing"], "--data org/nothing: no such dataset repo on HF_ENDPOINT="),
+        (["--data", "org/data", "--data-revision", "v9"], "has no revision 'v9'"),
+    ):
+        assert finetune("--model", base, *arguments, "--out", refused, "--max-steps", 1) == 2
+        error = capsys.readouterr().err.strip()
+        assert message in error and len(error.splitlines()) == 1
+    api.create_repo("org/escape", repo_type="dataset")
+    api.upload_file(
+        path_or_fileobj=b"audio_file|text\n../../../../etc/passwd|hello\n",
+        path_in_repo="metadata.csv",
+        repo_id="org/escape",
+        repo_type="dataset",
+    )
+    assert finetune("--model", base, "--data", "org/escape", "--out", refused, "--max-steps", 1) == 2
+    assert "leaves the dataset" in capsys.readouterr().err
+    assert not refused.exists()

@@ -191,6 +191,75 @@ def test_recipe_round_trip_reproduces_bytes(folders, tmp_path):
     assert recipe.weights == [2.0, 1.0] and recipe.layer_weights[0].pattern == "time_embed"
 
 
+def test_recipe_paths_are_relative_to_the_recipe_folder(folders, tmp_path, monkeypatch, capsys):
+    """--recipe reads relative sources, base and config_from against the recipe's folder, not the current one (where
+    same-named decoy folders hold other weights); the saved recipe records absolute paths, so it replays from
+    anywhere to the same bytes; a missing relative source is named where it was looked for."""
+    from hf_tts.cli import main
+
+    project = tmp_path / "project"
+    (project / "recipes").mkdir(parents=True)
+    for name, folder in zip(("a", "b", "base"), (folders[0], folders[1], folders[3])):
+        shutil.copytree(folder, project / name)
+    elsewhere = tmp_path / "elsewhere"
+    for seed, name in enumerate(("a", "b", "base"), start=10):
+        make_f5_folder(elsewhere / name, seed)  # what a cwd-relative reading would pick up
+    recipe = project / "recipes" / "recipe.yaml"
+    recipe.write_text(
+        "merge_method: task_arithmetic\nmodels:\n- model: ../a\n  weight: 1.0\n- model: ../b\n  weight: 2.0\n"
+        "base_model: ../base\nconfig_from: ../b\n"
+    )
+    monkeypatch.chdir(elsewhere)
+    assert main(["merge", "--recipe", str(recipe), "--out", str(tmp_path / "out")]) == 0
+    expected, _ = hf_tts.merge(
+        [folders[0], folders[1]], [1.0, 2.0], "task_arithmetic", tmp_path / "direct", base=folders[3]
+    )
+    merged, direct = weights(tmp_path / "out"), weights(expected)
+    assert merged.keys() == direct.keys() and all(torch.equal(merged[key], direct[key]) for key in direct)
+    saved = MergeRecipe.from_yaml(tmp_path / "out" / "merge_recipe.yaml")
+    assert saved.models == [str(project / "a"), str(project / "b")] and saved.base == str(project / "base")
+    assert saved.config_from == str(project / "b")
+    monkeypatch.chdir(project / "recipes")
+    capsys.readouterr()
+    assert main(["merge", "--recipe", str(tmp_path / "out" / "merge_recipe.yaml"), "--out", "../replay"]) == 0
+    first, replay = tree_sha256(tmp_path / "out"), tree_sha256(project / "replay")
+    assert first.pop("README.md") and replay.pop("README.md") and first == replay  # cards differ in the folder name
+    card = (project / "replay" / "README.md").read_text().replace("./replay", "./out")
+    assert card == (tmp_path / "out" / "README.md").read_text()
+
+    recipe.write_text("models:\n- model: ../a\n- model: ../typo\n")
+    capsys.readouterr()
+    assert main(["merge", "--recipe", str(recipe), "--dry-run"]) == 2
+    assert f"source {project / 'typo'} does not exist" in capsys.readouterr().err
+
+
+def test_progress_bar_on_a_terminal_and_quiet_silences_it(folders, tmp_path, monkeypatch, capsys):
+    """A bar over the bytes written, on a terminal only, for merges longer than PROGRESS_DELAY_S (0 here);
+    --quiet silences it and the summary stays on stdout."""
+    import sys
+
+    from tqdm import tqdm
+
+    import hf_tts.merge as merge_module
+    from hf_tts.cli import main
+
+    monkeypatch.setattr(merge_module, "PROGRESS_DELAY_S", 0.0)
+    arguments = ["merge", str(folders[0]), str(folders[1])]
+    assert main([*arguments, "--out", str(tmp_path / "plain")]) == 0
+    assert capsys.readouterr().err == ""  # stderr is not a terminal: no bar
+    monkeypatch.setattr(type(sys.stderr), "isatty", lambda self: True)
+    assert main([*arguments, "--out", str(tmp_path / "loud")]) == 0
+    err = capsys.readouterr().err
+    # The bar counts the merged bytes (the output has the sources' tensors and dtypes).
+    total = sum(value.numel() * value.element_size() for value in weights(folders[0]).values())
+    size = tqdm.format_sizeof(total, divisor=1024)
+    assert "merging: 100%" in err and f"{size}/{size}" in err
+    assert main([*arguments, "--out", str(tmp_path / "quiet"), "--quiet"]) == 0
+    out = capsys.readouterr()
+    assert out.err == "" and "merged model written to" in out.out
+    assert tree_sha256(tmp_path / "loud")["model.safetensors"] == tree_sha256(tmp_path / "quiet")["model.safetensors"]
+
+
 def test_model_card_metadata(folders, tmp_path):
     path, _ = hf_tts.merge(folders[:2], [1, 1], out_dir=tmp_path / "out")
     card = ModelCard.load(path / "README.md")

@@ -68,7 +68,7 @@ def test_upstream_f5_sources_converted_on_the_fly(tmp_path):
     )
     for name, value in weights(online).items():
         torch.testing.assert_close(value, upstream[name] + 0.001, rtol=0, atol=TOLERANCE)
-    with pytest.raises(InputError, match="holds only EMA weights"):
+    with pytest.raises(InputError, match="holds only EMA weights") as refused:
         hf_tts.merge(
             [fixture / "model_ema.safetensors", fixture / "model_train.pt"],
             out_dir=tmp_path / "mixed",
@@ -76,6 +76,9 @@ def test_upstream_f5_sources_converted_on_the_fly(tmp_path):
             vocab=vocab,
             source="online",
         )
+    # The message names the merge's flag, not `hf-tts convert f5`'s --use-online-weights.
+    assert "--source online needs a training checkpoint" in str(refused.value)
+    assert "--use-online-weights" not in str(refused.value)
     model = hf_tts.F5TTSModel.from_pretrained(path, dtype=torch.float32)
     assert model.config.architecture == hf_tts.F5TTSModel.from_pretrained(path).config.architecture
     assert (path / "vocab.txt").read_bytes() == vocab.read_bytes()

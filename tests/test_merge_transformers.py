@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 import hf_tts
 from hf_tts.cli import main
-from hf_tts.merge.methods import SPECS
+from hf_tts.merge.specs import SPECS
 
 
 def _llama():

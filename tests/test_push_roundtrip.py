@@ -96,6 +96,7 @@ def test_hf_tts_push_command_pushes_a_folder_with_its_card(local_hub, tmp_path, 
     assert {sibling.rfilename for sibling in api.model_info("team/voice").siblings} == set()  # main untouched
     readme = Path(hf_hub_download("team/voice", "README.md", revision="dev")).read_text()
     assert 'model_id = "team/voice"' in readme and "license: cc-by-nc-4.0" in readme
+    assert "\n# team/voice\n" in readme and "./voice" not in readme
     assert_same_tensors(model, AutoModel.from_pretrained("team/voice", revision="dev", dtype=torch.float32))
 
 
@@ -137,6 +138,9 @@ def test_merge_push_to_hub_round_trip(local_hub, tmp_path):
     card = ModelCard.load("org/merged")
     assert card.data.library_name == "hf-tts" and "merge" in card.data.tags
     assert 'model_id = "org/merged"' in card.text
+    # The heading follows the repo id too; the local folder keeps its own.
+    assert card.text.lstrip().startswith("# org/merged\n") and "./merged" not in card.text
+    assert "\n# ./merged\n" in (out / "README.md").read_text()
     # Like every card: the flags and the architecture table of the merged config, and the inputs' hashes.
     assert "| `architecture` | `F5TTS_v1_Base` |" in card.text and "| `depth` | `2` |" in card.text
     assert hashlib.sha256((left / "model.safetensors").read_bytes()).hexdigest() in card.text

@@ -28,10 +28,7 @@ print(json.dumps([name for name in {heavy!r} if name in sys.modules]), file=sys.
 
 # Commands whose modules (not owned by the CLI) still import torch/transformers for --help. strict: the test fails
 # (XPASS) as soon as one becomes light, so the mark is removed then.
-NOT_YET_LIGHT = {
-    "merge": "hf_tts/commands/merge.py imports hf_tts.merge.methods / hf_tts.merge.plan at module level, which "
-    "import torch and transformers",
-}
+NOT_YET_LIGHT: dict[str, str] = {}
 
 
 def heavy_modules_after(argv: list[str]) -> list[str]:
@@ -84,3 +81,81 @@ def test_registry_server_modules_import_no_torch():
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
     assert result.stdout.strip() == "[]"
+
+
+# What each import order must leave registered, checked in a fresh interpreter after every step: the Auto classes as
+# soon as one of transformers' Auto modules is imported (before or after hf_tts), the pipeline tasks as soon as
+# transformers' pipelines are, and the pipelines never imported for the Auto classes alone (that costs seconds).
+_ORDER_PROBE = """
+import sys
+for step in {steps!r}:
+    exec(step)
+    registration = sys.modules.get("hf_tts.registration")  # imported by the first registration, not before
+    state = (registration.auto_classes_registered(), registration.pipelines_registered()) if registration else ()
+    print(*(state or (False, False)), "transformers.pipelines" in sys.modules)
+from transformers import AutoConfig, AutoModel, pipeline
+from transformers.pipelines import PIPELINE_REGISTRY
+assert type(AutoConfig.for_model("hf_tts_f5")).__name__ == "F5TTSConfig"
+assert AutoModel._model_mapping[type(AutoConfig.for_model("hf_tts_cfg_motion"))].__name__ == "CFGMotionModel"
+for task in ("zero-shot-text-to-speech", "audio-to-motion"):
+    print(PIPELINE_REGISTRY.check_task(task)[1]["impl"].__name__)
+"""
+_PIPELINE_CLASSES = ["ZeroShotTextToSpeechPipeline", "AudioToMotionPipeline"]
+
+
+@pytest.mark.parametrize(
+    ("steps", "states"),
+    [
+        (
+            [
+                "import hf_tts",
+                "import transformers",
+                "from transformers import AutoModel",
+                "import transformers.pipelines",
+            ],
+            ["False False False", "False False False", "True False False", "True True True"],
+        ),
+        (
+            [
+                "from transformers import AutoTokenizer, AutoProcessor",
+                "import hf_tts",
+                "from transformers import pipeline",
+            ],
+            ["False False False", "True False False", "True True True"],
+        ),
+        (["from transformers import pipeline", "import hf_tts"], ["False False True", "True True True"]),
+        (["from hf_tts import ZeroShotTextToSpeechPipeline"], ["True True True"]),
+    ],
+    ids=["hf_tts-auto-pipelines", "auto-hf_tts-pipeline", "pipeline-hf_tts", "package-pipeline"],
+)
+def test_each_import_order_registers_what_is_imported(steps, states):
+    result = subprocess.run(
+        [sys.executable, "-c", _ORDER_PROBE.format(steps=steps)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines() == [*states, *_PIPELINE_CLASSES]
+
+
+def test_pipelines_from_package_folders_work_right_after_import_hf_tts(tmp_path):
+    # The real calls, in a fresh interpreter, in the order a user writes them (hf_tts, then transformers' pipeline,
+    # no Auto class before): both tasks build from folders.
+    from speech_fixtures import f5_dir
+
+    probe = (
+        "import hf_tts\n"
+        "import torch\n"
+        "from transformers import pipeline\n"
+        "from hf_tts import CFGMotionConfig, CFGMotionModel\n"
+        f"folder = {str(tmp_path / 'motion')!r}\n"
+        "config = CFGMotionConfig(architecture='face', nfeats=6, latent_dim=16, heads=2, layers=1, ff_size=32,\n"
+        "                         cond_feature_dim=8, cond_encoder_layers=1, num_inference_steps=2, max_cond_len=64)\n"
+        "CFGMotionModel(config).save_pretrained(folder)\n"
+        "motion = pipeline('audio-to-motion', model=folder, device='cpu')\n"
+        "out = motion({'cond_features': torch.zeros(10, 8).numpy()}, num_frames=4, seed=0)\n"
+        "print(type(motion).__name__, out['motion'].shape)\n"
+        f"speech = pipeline('zero-shot-text-to-speech', model={str(f5_dir())!r}, device='cpu')\n"
+        "print(type(speech).__name__)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines() == ["AudioToMotionPipeline (4, 6)", "ZeroShotTextToSpeechPipeline"]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import numpy as np
 import pytest
+import soundfile
 import torch
 from speech_fixtures import f5_dir, reference_wave, vocos_dir
 from transformers import AutoModel
@@ -226,3 +228,58 @@ def test_an_f5_folder_given_as_the_vocoder_is_refused(tmp_path):
     with pytest.raises(InputError, match="is not a Vocos folder .*model_type 'hf_tts_f5'"):
         attach_vocoder_to_folder(f5_dir(with_vocoder=False), f5_dir(), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def _synthesize_argv(folder, out, *extra: str) -> list[str]:
+    reference = folder / "reference.wav"
+    if not reference.exists():
+        soundfile.write(reference, reference_wave(), 24000)
+    return [
+        "synthesize",
+        str(f5_dir()),
+        "--text",
+        "Hello there.",
+        "--ref-audio",
+        str(reference),
+        "--ref-text",
+        REF_TEXT,
+        "--out",
+        str(folder / out),
+        "--nfe-step",
+        "2",
+        "--seed",
+        "0",
+        *extra,
+    ]
+
+
+def test_the_synthesis_bar_shows_on_a_terminal_only_and_quiet_silences_it(tmp_path, capsys, monkeypatch):
+    # huggingface_hub's tqdm with disable=None, as every bar of the package: captured stderr (logs, CI) gets none,
+    # so an error stays one line; a terminal gets the bar; --quiet (huggingface_hub's switch) removes it.
+    assert main(_synthesize_argv(tmp_path, "plain.wav")) == 0
+    assert "synthesizing" not in capsys.readouterr().err
+    monkeypatch.setattr(type(sys.stderr), "isatty", lambda self: True)
+    assert main(_synthesize_argv(tmp_path, "loud.wav")) == 0
+    assert "synthesizing 1 chunk: 100%" in capsys.readouterr().err
+    assert main(_synthesize_argv(tmp_path, "quiet.wav", "--quiet")) == 0
+    assert "synthesizing" not in capsys.readouterr().err
+    np.testing.assert_array_equal(soundfile.read(tmp_path / "loud.wav")[0], soundfile.read(tmp_path / "quiet.wav")[0])
+
+
+def test_a_mistyped_model_folder_is_refused_before_any_load(tmp_path, capsys, monkeypatch):
+    from hf_tts.synthesis import load_speech_model
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("AutoModel.from_pretrained was reached: a Hub lookup with retries would follow")
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: a Hub lookup could only fail slowly
+    monkeypatch.setattr(AutoModel, "from_pretrained", no_load)
+    monkeypatch.chdir(tmp_path)
+    argv = _synthesize_argv(tmp_path, "speech.wav")
+    argv[1] = "./typo"
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "model folder ./typo does not exist" in err
+    with pytest.raises(InputError, match="model folder ./typo does not exist"):
+        load_speech_model("./typo")
+    assert not (tmp_path / "speech.wav").exists()

@@ -241,20 +241,14 @@ def _run(args: argparse.Namespace) -> int:
         pipeline_input = args.audio
 
     pipe = pipeline("audio-to-motion", model=model, device=model.device)
-    # The pipeline's steps one by one, to hand the model its inputs in its own dtype (the pipeline prepares float32).
-    preprocess_options, forward_options, postprocess_options = pipe._sanitize_parameters(
-        guidance_scale=args.guidance_scale,
-        num_inference_steps=args.steps,
-        num_frames=args.num_frames,
-        seed=args.seed,
-    )
-    model_inputs = {
-        name: value.to(model.dtype) if value.is_floating_point() else value
-        for name, value in pipe.preprocess(pipeline_input, **preprocess_options).items()
-    }
     with _diffusion_progress(model, args.steps or model.config.num_inference_steps):
-        outputs = pipe.forward(model_inputs, **forward_options)
-    result = pipe.postprocess(outputs, **postprocess_options)
+        result = pipe(
+            pipeline_input,
+            guidance_scale=args.guidance_scale,
+            num_inference_steps=args.steps,
+            num_frames=args.num_frames,
+            seed=args.seed,
+        )
     motion, fps = result["motion"], result["fps"]
     atomic_write_file(out, lambda stream: np.save(stream, motion), overwrite=args.overwrite, inputs=input_paths)
     if plot is not None:

@@ -67,12 +67,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Fine-tune a package model. F5/E2 data: a folder with upstream's metadata.csv ('audio_file|text' lines, "
             "paths relative to the folder) or a datasets save_to_disk folder with audio and text columns. Motion "
-            "data: a save_to_disk folder with cond_features, motion and optional mask columns. The output holds the "
-            "EMA weights (loaded by default), the trained weights as the 'online' variant, and a model card."
+            "data: a save_to_disk folder with cond_features, motion and optional mask columns. --data may also be a "
+            "Hub dataset repo id (HF_ENDPOINT) holding either layout. The output holds the EMA weights (loaded by "
+            "default), the trained weights as the 'online' variant, and a model card."
         ),
     )
     parser.add_argument("--model", required=True, help="package model folder or Hub repo id")
-    parser.add_argument("--data", required=True, help="training data folder")
+    parser.add_argument(
+        "--data", required=True, help="training data: a folder, or a Hub dataset repo id holding the same layout"
+    )
+    parser.add_argument("--data-revision", help="branch, tag or commit of a Hub --data repo (default: main)")
     parser.add_argument("--out", required=True, help="output folder (written atomically)")
     parser.add_argument(
         "--max-steps", type=_int_option("max_steps"), default=1000, help="optimizer steps (default: 1000)"
@@ -157,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
         args.model,
         args.data,
         args.out,
+        data_revision=args.data_revision,
         max_steps=args.max_steps,
         learning_rate=args.lr,
         batch_frames=args.batch_frames,

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import json
 import os
@@ -300,9 +301,8 @@ def _serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    try:
+    # Ctrl-C or SIGTERM: uvicorn shuts down gracefully, then re-raises the signal, which is a normal stop here.
+    with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM, re-raised by uvicorn after its graceful shutdown
-        pass
     print("hf-tts hub: stopped", file=sys.stderr)
     return 0

@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 
 from hf_tts.commands._options import bounded_float, bounded_int
-from hf_tts.merge.methods import METHODS
-from hf_tts.merge.plan import LAYER_RULE_TIMEOUT_S, MAX_LAYER_PATTERN_CHARS, MAX_LAYER_PATTERN_REPEATS, OUTPUT_DTYPES
+from hf_tts.merge.specs import (
+    LAYER_RULE_TIMEOUT_S,
+    MAX_LAYER_PATTERN_CHARS,
+    MAX_LAYER_PATTERN_REPEATS,
+    METHODS,
+    OUTPUT_DTYPE_NAMES,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -107,7 +112,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             f"{MAX_LAYER_PATTERN_REPEATS}"
         ),
     )
-    parser.add_argument("--dtype", choices=sorted(OUTPUT_DTYPES), help="output dtype (default: the inputs')")
+    parser.add_argument("--dtype", choices=sorted(OUTPUT_DTYPE_NAMES), help="output dtype (default: the inputs')")
     parser.add_argument(
         "--source", choices=("ema", "online"), default="ema", help="weights of upstream training checkpoints"
     )
@@ -123,7 +128,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="merge sources whose configs differ although their weights line up (e.g. F5 v0 and v1); risky",
     )
     parser.add_argument(
-        "--recipe", metavar="FILE.yaml", help="YAML recipe defining the whole merge (see merge_recipe.yaml)"
+        "--recipe",
+        metavar="FILE.yaml",
+        help="YAML recipe defining the whole merge (see merge_recipe.yaml); its relative paths are read from its folder",
     )
     parser.add_argument("--dry-run", action="store_true", help="validate and print the plan; write nothing")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")

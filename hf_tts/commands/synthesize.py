@@ -460,7 +460,8 @@ def _check_out_dir(out_dir: Path, inputs: list) -> Path:
 
 
 def _run_batch(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
+    # huggingface_hub's tqdm, so --quiet silences it; disable=None shows it only on a terminal
+    from huggingface_hub.utils import tqdm
 
     from hf_tts.synthesis import resolve_device
 
@@ -504,7 +505,7 @@ def _run_batch(args: argparse.Namespace) -> int:
     if todo:
         out_dir.mkdir(parents=True, exist_ok=True)
         model = _load_model(args, device)
-        bar = tqdm(total=len(todo), desc=f"rank {rank}/{world}" if world > 1 else "rows", unit="row")
+        bar = tqdm(total=len(todo), desc=f"rank {rank}/{world}" if world > 1 else "rows", unit="row", disable=None)
         with bar:
             for start in range(0, len(todo), args.batch_size):
                 group = todo[start : start + args.batch_size]

@@ -150,14 +150,17 @@ def resolve_arch(arch: str | os.PathLike, *, text_num_embeds: int | None = None)
     )
 
 
-def select_upstream_state(checkpoint: Mapping[str, Any], path: Path, use_online_weights: bool) -> Mapping[str, Any]:
+def select_upstream_state(
+    checkpoint: Mapping[str, Any], path: Path, use_online_weights: bool, *, online_flag: str = "--use-online-weights"
+) -> Mapping[str, Any]:
     """The CFM-level state dict (`transformer.*`, maybe `mel_spec.*`) inside an opened upstream file, EMA unless
     asked: a `.safetensors` export is that state dict itself; a `.pt` holds it under `ema_model_state_dict` /
-    `model_state_dict` or is a raw state dict. Only keys are looked at, so `checkpoint` may be lazily mapped."""
+    `model_state_dict` or is a raw state dict. Only keys are looked at, so `checkpoint` may be lazily mapped.
+    `online_flag` is how the calling command asks for the online weights (messages name it)."""
     if path.suffix.lower() == ".safetensors":
         if use_online_weights and any(key.startswith("ema_model.") for key in checkpoint):
             raise InputError(
-                f"{path} holds only EMA weights (ema_model.*); --use-online-weights needs a training checkpoint "
+                f"{path} holds only EMA weights (ema_model.*); {online_flag} needs a training checkpoint "
                 "(.pt with model_state_dict)"
             )
         return checkpoint
@@ -170,9 +173,9 @@ def select_upstream_state(checkpoint: Mapping[str, Any], path: Path, use_online_
         return checkpoint[wanted]
     if any(isinstance(value, torch.Tensor) for value in checkpoint.values()):
         if use_online_weights and any(key.startswith("ema_model.") for key in checkpoint):
-            raise InputError(f"{path} holds only EMA weights (ema_model.*); drop --use-online-weights")
+            raise InputError(f"{path} holds only EMA weights (ema_model.*); drop {online_flag}")
         return checkpoint  # a raw state dict
-    hint = " (pass --use-online-weights to convert them)" if other == "model_state_dict" and other in checkpoint else ""
+    hint = f" (pass {online_flag} to use them)" if other == "model_state_dict" and other in checkpoint else ""
     raise InputError(
         f"{path} has no {wanted}; its top-level keys are {', '.join(sorted(map(str, checkpoint)))[:200]}{hint}"
     )

@@ -65,8 +65,9 @@ _FAMILY_PIPELINE_TAGS: dict[str, str] = {"hf_tts_vocos": "audio-to-audio", "hf_t
 _BASE_MODEL_RELATIONS = ("adapter", "merge", "quantized", "finetune")
 # Config keys shown under "Flags" rather than in the architecture table.
 _FLAG_KEYS = ("architecture", "init_adaln_zero", "freeze_quantizer")
-# `model_id = "..."` is the first line of every card's usage snippet (see _base.md.j2).
-_MODEL_ID_LINE = re.compile(r'^model_id = "[^"\n]*"$', re.MULTILINE)
+# `model_id = "..."` is the first line of every card's usage snippet (see _base.md.j2; a card with alternative
+# snippets has one such line in each).
+_MODEL_ID_LINE = re.compile(r'^model_id = "(?P<model_id>[^"\n]*)"$', re.MULTILINE)
 
 
 def model_cards_dir() -> Path:
@@ -307,9 +308,15 @@ def write_model_card(
 
 
 def retarget_model_card(text: str, model_id: str) -> str:
-    """Point the usage snippet of a rendered card at `model_id` (e.g. the repo id it is pushed to). Text without
-    the package's snippet (a hand-written README) is returned unchanged."""
-    return _MODEL_ID_LINE.sub(f'model_id = "{model_id}"', text, count=1)
+    """Point a rendered card at `model_id` (e.g. the repo id it is pushed to): its usage snippet, and its `# heading`
+    when that names the snippet's old model id (the local `./folder` the card was written for). Text without the
+    package's snippet (a hand-written README) is returned unchanged."""
+    match = _MODEL_ID_LINE.search(text)
+    if match is None:
+        return text
+    old_heading = re.compile(rf"^# {re.escape(match.group('model_id'))}$", re.MULTILINE)
+    text = _MODEL_ID_LINE.sub(lambda _: f'model_id = "{model_id}"', text)
+    return old_heading.sub(lambda _: f"# {model_id}", text, count=1)
 
 
 def usage_snippet(text: str) -> str:

@@ -3,27 +3,36 @@
 `merge(sources, weights, method, out_dir, ...)` is the Python entry point (`hf-tts merge` calls it): it validates
 every source from headers, streams one tensor at a time into the output shards inside a temporary folder, writes
 config, tokenizer, recipe and model card, renames the folder into place and optionally pushes it in one commit.
+
+Importing this subpackage is light (no torch): the planner and the stream load when `merge` runs or when one of
+their names (`MergeRecipe`, `LayerRule`, ...) is first read, so `hf-tts merge --help` and the light
+`hf_tts.merge.specs` stay fast.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import threading
 import time
 import types
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from hf_tts.errors import InputError
 from hf_tts.file_utils import atomic_output_dir, check_output_target, sha256_file
-from hf_tts.merge.methods import SPECS
-from hf_tts.merge.plan import LayerRule, MergePlan, MergeRecipe, build_plan
-from hf_tts.merge.stream import DistanceStats, single_torch_thread
+from hf_tts.merge.specs import SPECS
+
+if TYPE_CHECKING:
+    from hf_tts.merge.plan import LayerRule, MergePlan, MergeRecipe
 
 HASH_WORKERS = 2
+# The progress bar appears only on merges that run longer than this (seconds).
+PROGRESS_DELAY_S = 1.0
 # Threads that merge slices. Streaming is bound by memory copies and per-slice calls: two threads on two cores
 # measured 1.3-2x faster than one; beyond four, memory bandwidth runs out first.
 MERGE_WORKERS = max(1, min(4, os.cpu_count() or 1))
@@ -171,6 +180,9 @@ def merge(
     Everything is validated before the first byte is written: the push target, every number, the sources, and
     `out_dir` (also under `dry_run`, when given): it may not be, contain or lie inside any input file or folder.
     """
+    from hf_tts.merge.plan import LayerRule, MergeRecipe, build_plan
+    from hf_tts.merge.stream import DistanceStats, single_torch_thread
+
     if push_to_hub is not None:
         from hf_tts.hub.push import validate_push_target
 
@@ -236,11 +248,11 @@ def merge(
         }
         stats = DistanceStats(len(plan.sources))
         try:
-            with single_torch_thread():
+            with single_torch_thread(), _progress_bar(plan.total_bytes) as progress:
                 if plan.layout == "xtts":
-                    written = [write.write_xtts_weights(plan, staging, stats, MERGE_WORKERS)]
+                    written = [write.write_xtts_weights(plan, staging, stats, MERGE_WORKERS, progress)]
                 else:
-                    written = write.write_weight_shards(plan, staging, stats, plan.shards, MERGE_WORKERS)
+                    written = write.write_weight_shards(plan, staging, stats, plan.shards, MERGE_WORKERS, progress)
         except BaseException:
             # An error or Ctrl-C: do not hash the remaining inputs before the staging folder is removed.
             pool.shutdown(wait=False, cancel_futures=True)
@@ -249,7 +261,7 @@ def merge(
         report.bytes_written = sum(path.stat().st_size for path in written)
         report.distances = stats.distances()
         report.input_sha256 = {spec: {name: f.result() for name, f in named.items()} for spec, named in hashes.items()}
-        recipe_yaml = plan.recipe.to_yaml()
+        recipe_yaml = plan.recipe.with_absolute_paths().to_yaml()
         (staging / write.RECIPE_NAME).write_text(recipe_yaml, encoding="utf-8")
         labels = [f"{index + 1}: {Path(s.spec).name or s.spec}" for index, s in enumerate(plan.sources)]
         write.plot_distances(report.distances, labels, staging / write.PLOT_NAME)
@@ -264,6 +276,31 @@ def merge(
         )
         report.commit_url = str(commit)
     return MergeResult(path, report)
+
+
+@contextlib.contextmanager
+def _progress_bar(total_bytes: int) -> Iterator[Callable[[int], None]]:
+    """A bar over the bytes written, shown once the merge has run `PROGRESS_DELAY_S` (a small merge prints nothing)
+    and only on a terminal (tqdm's disable=None, so logs and captured stderr keep one line per error). It is a
+    `huggingface_hub.utils.tqdm`, which `--quiet` silences. Yields the thread-safe `advance(bytes)`."""
+    from huggingface_hub.utils import tqdm
+
+    lock = threading.Lock()
+    with tqdm(
+        total=total_bytes,
+        desc="merging",
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        disable=None,
+        delay=PROGRESS_DELAY_S,
+    ) as bar:
+
+        def advance(size: int) -> None:
+            with lock:  # the worker threads write slices concurrently; tqdm's counter is not atomic
+                bar.update(size)
+
+        yield advance
 
 
 def _local_paths(specs: Sequence[Any]) -> list[str]:
@@ -294,6 +331,17 @@ class _CallableModule(types.ModuleType):
 
     def __call__(self, *args: Any, **kwargs: Any) -> MergeResult:
         return merge(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        # The planner's public names, imported (with torch) on first use.
+        if name in _PLAN_NAMES:
+            from hf_tts.merge import plan
+
+            return getattr(plan, name)
+        raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
+
+
+_PLAN_NAMES = ("LayerRule", "MergePlan", "MergeRecipe", "build_plan")
 
 
 sys.modules[__name__].__class__ = _CallableModule

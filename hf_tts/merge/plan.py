@@ -13,7 +13,8 @@ import math
 import numbers
 import os
 import secrets
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,9 @@ import yaml
 from hf_tts.convert.xtts import is_trainer_only
 from hf_tts.errors import CheckpointMismatchError, InputError
 from hf_tts.file_utils import MAX_YAML_BYTES, check_finite, load_yaml
-from hf_tts.merge.methods import DEFAULT_NORMALIZE, DEFAULT_RESCALE, METHODS, SPECS, MergeParameters
+from hf_tts.merge.methods import MergeParameters
 from hf_tts.merge.sources import (
+    HUB_REPO_ID,
     PROCESSING_FILES,
     SAFETENSORS_DTYPES,
     VOCODER_PREFIX,
@@ -35,23 +37,24 @@ from hf_tts.merge.sources import (
     TensorInfo,
     open_source,
 )
+from hf_tts.merge.specs import (
+    DEFAULT_NORMALIZE,
+    DEFAULT_RESCALE,
+    LAYER_RULE_TIMEOUT_S,
+    MAX_LAYER_PATTERN_CHARS,
+    MAX_LAYER_PATTERN_REPEATS,
+    METHODS,
+    OUTPUT_DTYPE_NAMES,
+    SPECS,
+)
+from hf_tts.presets import E2_PRESETS, F5_PRESETS
 
-OUTPUT_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-}
+OUTPUT_DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in OUTPUT_DTYPE_NAMES}
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 # How many differing keys/fields an error message names.
 SHOWN_DIFFERENCES = 5
-# --layer-weights patterns are user regexes run against every tensor name. A pattern with nested quantifiers such as
-# `^(\w+\.?)+Z$` can take exponential time on a name, and counted repeats such as `((a{1000}){1000}){1000}` take
-# minutes to compile: each search gets a time limit (the `regex` module's timeout), and long patterns or large
-# counted repeats are refused before compiling.
-LAYER_RULE_TIMEOUT_S = 0.5
-MAX_LAYER_PATTERN_CHARS = 1000
-MAX_LAYER_PATTERN_REPEATS = 10_000  # product of every {m,n} bound in a pattern
+# What a recipe's `arch` may name instead of a file (hf_tts.convert.f5.resolve_arch).
+ARCH_PRESET_NAMES = frozenset({*F5_PRESETS, *E2_PRESETS})
 _FLOAT32_MAX = torch.finfo(torch.float32).max
 _COUNTED_REPEAT = regex.compile(r"\{\s*(\d*)\s*(?:,\s*(\d*)\s*)?\}")
 _RECIPE_KEYS = (
@@ -141,6 +144,20 @@ def _text(value: Any, where: str, optional: bool = False) -> str | None:
 def _path_text(value: Any, where: str, optional: bool = False) -> str | None:
     """A path or Hub id given in Python: a string or an os.PathLike."""
     return _text(os.fspath(value) if isinstance(value, os.PathLike) else value, where, optional)
+
+
+def _recipe_path(value: str, name: str, folder: Path) -> str:
+    """A recipe's path field read relative to the recipe's folder, not the current directory: an existing entry
+    there, or anything that cannot be a Hub repo id (`namespace/name`) or an arch preset, becomes that path (so a
+    missing one is reported where it was looked for). Absolute and `~` paths are kept."""
+    if name == "arch" and value in ARCH_PRESET_NAMES:
+        return value  # a preset wins over a file of that name, as in resolve_arch
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return str(path)
+    candidate = folder / path
+    hub_id = name in ("models", "base", "config_from") and HUB_REPO_ID.match(value) and not value.startswith(".")
+    return value if hub_id and not candidate.exists() else os.path.normpath(candidate)
 
 
 def _optional_path(value: str | os.PathLike | None) -> str | None:
@@ -330,7 +347,29 @@ class MergeRecipe:
                 raw = handle.read(MAX_YAML_BYTES + 1)  # load_yaml refuses anything longer
         except OSError as error:
             raise InputError(f"recipe {path} cannot be read: {error.strerror or error}") from None
-        return cls.from_document(load_yaml(raw, f"recipe {path}"), f"recipe {path}")
+        recipe = cls.from_document(load_yaml(raw, f"recipe {path}"), f"recipe {path}")
+        return recipe.with_paths(lambda value, name: _recipe_path(value, name, path.absolute().parent))
+
+    def with_paths(self, convert: Callable[[str, str], str]) -> MergeRecipe:
+        """A copy whose sources, base, config_from, arch and vocab are `convert(value, field name)`."""
+        single = {}
+        for name in ("base", "config_from", "arch", "vocab"):
+            value = getattr(self, name)
+            single[name] = None if value is None else convert(os.fspath(value), name)
+        return replace(self, models=[convert(os.fspath(model), "models") for model in self.models], **single)
+
+    def with_absolute_paths(self) -> MergeRecipe:
+        """A copy whose local paths are absolute (what is saved): `--recipe` reads relative paths against the
+        recipe's own folder, so the saved recipe replays from any working directory and any output folder, to the
+        same bytes. Hub ids and preset names stay as they are."""
+
+        def absolute(value: str, name: str) -> str:
+            path = Path(value).expanduser()
+            if (name == "arch" and value in ARCH_PRESET_NAMES) or not path.exists():
+                return value
+            return os.path.abspath(path)
+
+        return self.with_paths(absolute)
 
     @classmethod
     def from_document(cls, document: Any, where: str = "recipe") -> MergeRecipe:

@@ -88,7 +88,7 @@ NON_STRUCTURAL_CONFIG_KEYS = frozenset(
 )
 # Linux 5.14+ madvise flag (the mmap module does not name it yet).
 MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _UPSTREAM_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
 
 
@@ -432,7 +432,9 @@ def _open_upstream_f5(spec: str, path: Path, checkpoint: Any, options: SourceOpt
         raise InputError(f"--vocab {vocab} does not exist or is not a file")
     config = resolve_arch(options.arch, text_num_embeds=len(read_vocab_file(vocab)))
     mapped = MappedSafetensors(path) if checkpoint is None else None
-    state = select_upstream_state(mapped if mapped is not None else checkpoint, path, options.source == "online")
+    state = select_upstream_state(
+        mapped if mapped is not None else checkpoint, path, options.source == "online", online_flag="--source online"
+    )
     names = upstream_f5_key_map(state, path)
     if mapped is not None:
         reader: TensorReader = RenamedReader(mapped, names)
@@ -525,7 +527,7 @@ def open_source(spec: str | os.PathLike, options: SourceOptions) -> MergeSource:
         return _open_folder(spec, path, "folder", None)
     if path.is_file():
         return _open_file(spec, path, options)
-    if _REPO_ID.match(spec):
+    if HUB_REPO_ID.match(spec):
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +62,16 @@ def _shard_names(count: int) -> list[str]:
 
 
 def write_weight_shards(
-    plan: MergePlan, folder: Path, stats: DistanceStats, shards: list[list[str]], workers: int = 1
+    plan: MergePlan,
+    folder: Path,
+    stats: DistanceStats,
+    shards: list[list[str]],
+    workers: int = 1,
+    progress: Callable[[int], None] | None = None,
 ) -> list[Path]:
     """Stream the merged tensors into safetensors shards under `folder` (plus the index when there are several);
-    `workers` threads merge slices and write each at its offset, known from the header."""
+    `workers` threads merge slices and write each at its offset, known from the header. `progress(bytes)` is called
+    (from the worker threads) after each slice is written."""
     out_dtypes = {task.key: task.out_dtype for task in plan.tasks}
     shapes = {task.key: task.info.shape for task in plan.tasks}
     paths, weight_map = [], {}
@@ -92,7 +99,8 @@ def write_weight_shards(
             handle.flush()
             os.ftruncate(handle.fileno(), data_start + offset)
             positions = {key: data_start + key_offset for key, key_offset in offsets.items()}
-            stream_merge(plan, ordered, functools.partial(_write_slice, handle.fileno(), positions), stats, workers)
+            write = functools.partial(_write_slice, handle.fileno(), positions, progress)
+            stream_merge(plan, ordered, write, stats, workers)
         _trim_heap()
         paths.append(path)
     if len(paths) > 1:
@@ -101,24 +109,40 @@ def write_weight_shards(
     return paths
 
 
-def _write_slice(descriptor: int, positions: dict[str, int], job: SliceJob, merged: torch.Tensor) -> None:
+def _write_slice(
+    descriptor: int,
+    positions: dict[str, int],
+    progress: Callable[[int], None] | None,
+    job: SliceJob,
+    merged: torch.Tensor,
+) -> None:
     """Write a merged slice at its place in the shard (`positions`: where each tensor's bytes begin); `os.pwrite`
     until every byte is written (a regular file may take fewer bytes per call)."""
     view = memoryview(merged.view(torch.uint8).numpy()).cast("B")
     position = positions[job.task.key] + job.start * merged.element_size()
+    size = len(view)
     while view:
         written = os.pwrite(descriptor, view, position)
         view, position = view[written:], position + written
+    if progress is not None:
+        progress(size)
 
 
-def write_xtts_weights(plan: MergePlan, folder: Path, stats: DistanceStats, workers: int = 1) -> Path:
+def write_xtts_weights(
+    plan: MergePlan,
+    folder: Path,
+    stats: DistanceStats,
+    workers: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> Path:
     """Coqui's native layout: stream into a scratch safetensors file, then save `{"model", "config"}` from its memory
     map (so the merged weights are never held in anonymous memory) and delete the scratch file."""
     from hf_tts.convert.xtts import save_xtts_checkpoint
 
     scratch_folder = folder / ".merge-scratch"
     scratch_folder.mkdir()
-    (scratch,) = write_weight_shards(plan, scratch_folder, stats, [[task.key for task in plan.tasks]], workers)
+    keys = [task.key for task in plan.tasks]
+    (scratch,) = write_weight_shards(plan, scratch_folder, stats, [keys], workers, progress)
     mapped = MappedSafetensors(scratch)
     state_dict = {key: mapped.tensor(key) for key in sorted(mapped.infos())}
     target = folder / XTTS_WEIGHTS_NAME

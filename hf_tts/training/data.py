@@ -55,11 +55,12 @@ def mel_spectrogram_for(config: Any) -> LogMelSpectrogram:
     )
 
 
-def load_metadata_folder(folder: str | os.PathLike) -> Any:
+def load_metadata_folder(folder: str | os.PathLike, *, confined: bool = False) -> Any:
     """Read upstream's custom-dataset layout into a `datasets.Dataset` with columns `audio` (file path) and `text`.
 
     `folder/metadata.csv` is pipe-separated with the header `audio_file|text`; audio paths are relative to the
-    folder (absolute paths are kept). Every listed file must exist.
+    folder (absolute paths are kept). Every listed file must exist. `confined` (a downloaded dataset repo) refuses
+    absolute paths and `..`: data from elsewhere may only name its own files, never others on this machine.
     """
     from datasets import Dataset
 
@@ -82,6 +83,11 @@ def load_metadata_folder(folder: str | os.PathLike) -> Any:
             if len(row) < 2 or not row[0].strip() or not row[1].strip():
                 raise InputError(f"{metadata} line {line_number}: expected 'audio_file|text', got {'|'.join(row)!r}")
             path = Path(row[0].strip())
+            if confined and (path.is_absolute() or ".." in path.parts):
+                raise InputError(
+                    f"{metadata} line {line_number}: audio path {row[0].strip()!r} leaves the dataset; a downloaded "
+                    "dataset may only name files inside its repo (relative paths without '..')"
+                )
             path = path if path.is_absolute() else folder / path
             if not path.is_file():
                 raise InputError(f"{metadata} line {line_number}: audio file {path} does not exist")

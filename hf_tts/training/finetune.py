@@ -84,26 +84,60 @@ def _load_model_and_tokenizer(model_id: str, token: str | None) -> tuple[Any, An
     return model, tokenizer
 
 
-def _load_rows(data: str | os.PathLike) -> Any:
-    """A `datasets.Dataset` from a metadata.csv folder or a `save_to_disk` folder."""
+def _check_data_source(data: str | os.PathLike, revision: str | None) -> str | None:
+    """Tell a local `--data` folder from a Hub dataset repo id before anything is loaded: a file, or a path that
+    looks local but does not exist, is refused at once. Returns the repo id, or None for a local folder."""
+    from hf_tts.model_source import check_model_source
+    from hf_tts.training.data import METADATA_FILE
+
+    text = os.fspath(data)
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise InputError(f"--data {text} is not a folder (expected a {METADATA_FILE} folder or a saved dataset)")
+    if path.is_dir():
+        if revision is not None:
+            raise InputError(f"--data-revision applies to a Hub dataset repo, not the local folder {text}")
+        return None
+    return check_model_source(text, "--data")
+
+
+def _download_dataset(repo_id: str, revision: str | None, token: str | None) -> Path:
+    """The files of a Hub dataset repo (HF_ENDPOINT, token and cache as huggingface_hub has them), at `revision`;
+    the folder is named after the commit it holds."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    from hf_tts.model_source import hub_endpoint_label
+
+    try:
+        return Path(snapshot_download(repo_id, repo_type="dataset", revision=revision, token=token))
+    except RevisionNotFoundError:
+        raise InputError(f"--data {repo_id} on {hub_endpoint_label()} has no revision {revision!r}") from None
+    except RepositoryNotFoundError:
+        raise InputError(
+            f"--data {repo_id}: no such dataset repo on {hub_endpoint_label()} (or it is private: pass --token); a "
+            f"local folder needs a path like ./{repo_id}"
+        ) from None
+
+
+def _load_rows(path: Path, label: str, *, confined: bool = False) -> Any:
+    """A `datasets.Dataset` from a metadata.csv folder or a `save_to_disk` folder; `label` names it in messages
+    (the path given, or the Hub repo id); `confined`: a downloaded repo, whose metadata may name only its files."""
     from datasets import Dataset, load_from_disk
 
     from hf_tts.training.data import METADATA_FILE, load_metadata_folder
 
-    path = Path(data)
-    if not path.is_dir():
-        raise InputError(f"--data {path} is not a folder (expected a {METADATA_FILE} folder or a saved dataset)")
     if (path / METADATA_FILE).is_file():
-        return load_metadata_folder(path)
+        return load_metadata_folder(path, confined=confined)
     if (path / "dataset_info.json").is_file() or (path / "state.json").is_file():
         dataset = load_from_disk(str(path))
         if not isinstance(dataset, Dataset):
             if "train" not in dataset:
-                raise InputError(f"{path} is a DatasetDict without a 'train' split ({', '.join(dataset)})")
+                raise InputError(f"--data {label} is a DatasetDict without a 'train' split ({', '.join(dataset)})")
             dataset = dataset["train"]
         return dataset
     raise InputError(
-        f"--data {path} has neither a {METADATA_FILE} (upstream's layout: 'audio_file|text' lines) nor a dataset "
+        f"--data {label} has neither a {METADATA_FILE} (upstream's layout: 'audio_file|text' lines) nor a dataset "
         "saved with datasets' save_to_disk"
     )
 
@@ -136,6 +170,7 @@ def finetune(
     data: str | os.PathLike | Any,
     out_dir: str | os.PathLike,
     *,
+    data_revision: str | None = None,
     max_steps: int = 1000,
     learning_rate: float = DEFAULT_LEARNING_RATE,
     batch_frames: int | None = None,
@@ -169,8 +204,8 @@ def finetune(
 ) -> FinetuneResult:
     """Fine-tune `model_id` (a package model folder or Hub repo id) on `data` and write the result to `out_dir`.
 
-    F5/E2 models train on audio + text (`data`: a metadata.csv folder, a saved dataset or a `datasets.Dataset`
-    with `audio` and `text` columns); the motion model trains on `cond_features` / `motion` / optional `mask` rows
+    F5/E2 models train on audio + text (`data`: a metadata.csv folder, a saved dataset, a Hub dataset repo id
+    holding either layout (at `data_revision`), or a `datasets.Dataset` with `audio` and `text` columns); the motion model trains on `cond_features` / `motion` / optional `mask` rows
     and keeps its `freeze_quantizer` front end bit for bit. Batches hold `batch_frames` frames (upstream's
     frame-based batches; default 3200 for F5/E2 and `batch_size` rows for the motion model; 0: `batch_size` rows).
     The EMA follows upstream's schedule with `ema_decay` as its limit.
@@ -218,15 +253,27 @@ def finetune(
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "bf16" and not bf16_available():
         raise InputError("--precision bf16 needs a CUDA GPU with bf16 support; use auto or fp32 here")
-    inputs = [model_id if _is_local(model_id) else None, data if isinstance(data, (str, os.PathLike)) else None]
+    data_is_path = isinstance(data, (str, os.PathLike))
+    # A repo id names no existing path, so the output check passes over it (the download is added below).
+    inputs = [model_id if _is_local(model_id) else None, data if data_is_path else None]
     inputs += [cache_dir, checkpoint_dir if resume else None]
     out_dir = check_output_target(out_dir, inputs=inputs, overwrite=overwrite, kind="dir")
     if checkpoint_dir is not None:
         _check_checkpoint_dir(Path(checkpoint_dir), out_dir)
     if resume and (checkpoint_dir is None or save_steps <= 0):
         raise InputError("resuming needs the checkpoint folder (--checkpoint-dir) and --save-steps > 0")
+    if data_revision is not None and not data_is_path:
+        raise InputError("data_revision applies to a Hub dataset repo id, not an in-memory dataset")
+    data_repo = _check_data_source(data, data_revision) if data_is_path else None
 
-    dataset = data if not isinstance(data, (str, os.PathLike)) else _load_rows(data)
+    data_label = os.fspath(data) if data_is_path else None
+    if data_repo is not None:
+        data_folder = _download_dataset(data_repo, data_revision, token)
+        inputs.append(data_folder)  # the output may not land in the download either
+        data_label = f"{data_repo}@{data_folder.name}"  # the commit trained on
+        dataset = _load_rows(data_folder, data_repo, confined=True)
+    else:
+        dataset = _load_rows(Path(data).expanduser(), os.fspath(data)) if data_is_path else data
     with allow_large_models(allow_large):
         model, tokenizer = _load_model_and_tokenizer(model_id, token)
     base_sources = _base_weight_sources(str(Path(model_id).absolute()) if _is_local(model_id) else model_id, token)
@@ -308,7 +355,9 @@ def finetune(
             processor = _processor_for(trainer.model, tokenizer)
             if processor is not None:
                 processor.save_pretrained(staging)
-            _write_card(staging, out_dir.name, model_id, data, result, trainer, ema, batch_frames or None, base_sources)
+            _write_card(
+                staging, out_dir.name, model_id, data_label, result, trainer, ema, batch_frames or None, base_sources
+            )
         if push_to_hub:
             from hf_tts.hub.push import push_folder
 
@@ -372,7 +421,7 @@ def _write_card(
     folder: Path,
     out_name: str,
     model_id: str,
-    data: Any,
+    data_label: str | None,
     result: FinetuneResult,
     trainer,
     ema,
@@ -384,7 +433,7 @@ def _write_card(
 
     args = trainer.args
     training = {
-        "data": str(data) if isinstance(data, (str, os.PathLike)) else f"datasets.Dataset ({result.num_rows} rows)",
+        "data": data_label or f"datasets.Dataset ({result.num_rows} rows)",
         "rows": result.num_rows,
         "steps": result.steps,
         "final_loss": round(result.final_loss, 6) if result.final_loss is not None else None,

@@ -16,7 +16,6 @@ from hf_tts.flow_matching import FlowMatchingBackbone, FlowMatchingTTSModel
 from hf_tts.layers.attention import Attention, FeedForward
 from hf_tts.layers.normalization import ScaledL2RMSNorm, ZeroInitLinear
 from hf_tts.models.e2.configuration_e2 import E2TTSConfig
-from hf_tts.models.f5.modeling_f5 import TokenizerInputsMixin
 
 
 class UNetTLayer(GradientCheckpointingLayer, nn.ModuleList):
@@ -83,7 +82,7 @@ class UNetT(FlowMatchingBackbone):
         return self.proj_out(self.norm_out(h)[:, 1:])
 
 
-class E2TTSModel(TokenizerInputsMixin, FlowMatchingTTSModel):
+class E2TTSModel(FlowMatchingTTSModel):
     r"""E2-TTS (UNetT) flow-matching text-to-speech model producing log-mel frames; same interface as
     [`F5TTSModel`]."""
 

@@ -10,10 +10,8 @@ import torch
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from hf_tts.errors import InputError
 from hf_tts.flow_matching import FlowMatchingBackbone, FlowMatchingTTSModel
 from hf_tts.layers.attention import Attention, FeedForward
-from hf_tts.layers.embeddings import text_ids_from_inputs
 from hf_tts.layers.normalization import AdaLayerNormZero, AdaLayerNormZeroFinal, ZeroInitLinear
 from hf_tts.models.f5.configuration_f5 import F5TTSConfig
 
@@ -67,51 +65,7 @@ class DiT(FlowMatchingBackbone):
         return self.proj_out(self.norm_out(h, t_emb))
 
 
-class TokenizerInputsMixin:
-    """`forward` and `sample` also take what the tokenizer returns: `input_ids` (padded with its pad id,
-    config.text_num_embeds) and `attention_mask`, turned into upstream's -1 padded ids before anything else, so
-    `model(mel=mel, **tokenizer(texts, padding=True, return_tensors="pt"))` trains and the outputs equal those of
-    the -1 padded ids. (Shared by F5TTSModel and E2TTSModel; it belongs in FlowMatchingTTSModel.)"""
-
-    def forward(
-        self,
-        mel: torch.Tensor,
-        text: torch.Tensor | None = None,
-        mel_lengths: torch.Tensor | None = None,
-        return_dict: bool = True,
-        *,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-    ):
-        text = text_ids_from_inputs(text, input_ids, attention_mask, self.config.text_num_embeds)
-        return super().forward(mel, text, mel_lengths, return_dict)
-
-    def sample(
-        self,
-        cond: torch.Tensor,
-        text: torch.Tensor | list[list[int]] | None = None,
-        duration: int | torch.Tensor | None = None,
-        *,
-        input_ids: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        **options,
-    ) -> torch.Tensor:
-        if duration is None:
-            raise InputError("sample needs `duration`: the total number of mel frames, prompt included")
-        text = text_ids_from_inputs(text, input_ids, attention_mask, self.config.text_num_embeds)
-        return super().sample(cond, text, duration, **options)
-
-    sample.__doc__ = FlowMatchingTTSModel.sample.__doc__
-
-    def generate(self, *args, pad_token_id: int | None = None, **kwargs):
-        # transformers' text-to-speech pipeline passes the tokenizer's pad id to generate() now that the tokenizer
-        # has one; it means nothing to synthesis. (hf_tts.synthesis._PIPELINE_GENERATE_KWARGS is where it belongs.)
-        return super().generate(*args, **kwargs)
-
-    generate.__doc__ = FlowMatchingTTSModel.generate.__doc__
-
-
-class F5TTSModel(TokenizerInputsMixin, FlowMatchingTTSModel):
+class F5TTSModel(FlowMatchingTTSModel):
     r"""F5-TTS (DiT) flow-matching text-to-speech model producing log-mel frames.
 
     `backbone(...)` is upstream's transformer, `mel_spec(wave)` its vocos-type log-mel, `sample(...)` upstream's
@@ -123,4 +77,4 @@ class F5TTSModel(TokenizerInputsMixin, FlowMatchingTTSModel):
     _no_split_modules = ["DiTBlock"]
 
 
-__all__ = ["DiT", "DiTBlock", "F5TTSModel", "TokenizerInputsMixin"]
+__all__ = ["DiT", "DiTBlock", "F5TTSModel"]
