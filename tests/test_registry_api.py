@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import http.client
 import json
 import os
 import subprocess
@@ -25,6 +24,7 @@ from huggingface_hub import (
 )
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
+from tests.registry_utils import request
 from tests.test_registry_concurrency import postgres  # noqa: F401  (the fixture)
 
 HF_CLI = str(Path(sys.executable).with_name("hf"))
@@ -41,16 +41,6 @@ def on_postgresql(request: pytest.FixtureRequest) -> str:
 pytestmark = pytest.mark.parametrize(
     "local_hub", [pytest.param(None, id="sqlite"), pytest.param(on_postgresql, id="postgresql")], indirect=True
 )
-
-
-def request(server, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
-    host, port = server.server_address[:2]
-    connection = http.client.HTTPConnection(host, port, timeout=30)
-    connection.request(method, path, body=body, headers=headers or {})
-    response = connection.getresponse()
-    data = response.read()
-    connection.close()
-    return response, data
 
 
 def git_sha1(data: bytes) -> str:

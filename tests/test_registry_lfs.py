@@ -5,7 +5,6 @@ an unknown or foreign `lfsFile` oid are each a specific 4xx that leaves nothing 
 from __future__ import annotations
 
 import hashlib
-import http.client
 import io
 import json
 import os
@@ -19,6 +18,7 @@ from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import get_session, hf_raise_for_status
 
 from hf_tts.cli import main as cli_main
+from tests.registry_utils import request
 
 BIG_MB = int(os.environ.get("HF_TTS_TEST_LFS_MB", "120"))
 
@@ -26,16 +26,6 @@ BIG_MB = int(os.environ.get("HF_TTS_TEST_LFS_MB", "120"))
 @pytest.fixture
 def no_xet(monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-
-
-def request(server, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
-    host, port = server.server_address[:2]
-    connection = http.client.HTTPConnection(host, port, timeout=60)
-    connection.request(method, path, body=body, headers=headers or {})
-    response = connection.getresponse()
-    data = response.read()
-    connection.close()
-    return response, data
 
 
 def batch(server, repo_id: str, oid: str, size: int) -> dict:

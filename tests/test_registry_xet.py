@@ -5,7 +5,6 @@ across repos, and every bad upload is a specific 4xx that leaves nothing behind.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import io
 import json
 import os
@@ -23,18 +22,9 @@ from hypothesis import strategies as st
 from hf_tts.cli import main as cli_main
 from hf_tts.registry import xet_format as xf
 from tests.fuzz import FUZZ
+from tests.registry_utils import request
 
 BIG_MB = int(os.environ.get("HF_TTS_TEST_XET_MB", "160"))
-
-
-def request(server, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
-    host, port = server.server_address[:2]
-    connection = http.client.HTTPConnection(host, port, timeout=60)
-    connection.request(method, path, body=body, headers=headers or {})
-    response = connection.getresponse()
-    data = response.read()
-    connection.close()
-    return response, data
 
 
 def xet_token(server, repo_id: str, scope: str) -> str:
