@@ -3,9 +3,11 @@
     python scripts/bench_tts.py            # F5TTS_v1_Base size, 32 NFE
     python scripts/bench_tts.py --quick    # F5TTS_v1_Small size, short texts, 8 NFE (a few minutes)
 
-Upstream is installed into its own virtualenv (`.bench_venv/`, created on first use: `torch==2.13.0`, `f5-tts`
-without its dependencies, and the few packages its model code imports) and runs in a subprocess
-(`scripts/_upstream_runner.py`); the two implementations never share a process. Tensors travel through safetensors
+Upstream is installed into its own virtualenv (`.bench_venv/`, created on first use: `torch==2.13.0` first, then
+`f5-tts==1.1.22`, `vocos` and `encodec` without their dependencies (they would pull torchaudio and, through it,
+another torch), then the packages the measured code imports) and runs in a subprocess
+(`scripts/_upstream_runner.py`, which stands in for the training-only and plotting imports and for torchaudio, which
+has no wheel for this torch); the two implementations never share a process. Tensors travel through safetensors
 files in a temporary folder.
 
 Steps: random F5-TTS weights of the chosen size are saved in the released checkpoint layout, converted with
@@ -19,6 +21,13 @@ machine load (on a shared machine the figures still move with it); the best of a
   the chunks one call after another (with `--upstream-thread-pool` also in the thread pool its default
   `infer_batch_process` uses; the faster of its modes is the baseline), ours through `sample_chunks`: batched
   solves of at most `CPU_BATCH_FRAMES` padded frames on a CPU, one solve on an accelerator.
+- the library's default path: the same two cases with `dtype="auto"` (what `synthesize`, the pipelines and
+  `hf-tts synthesize` use: bf16 on CPUs with native bf16, fp32 elsewhere) against upstream's default (fp32 on a
+  CPU), timed in alternation again, with the deviation from upstream's fp32 output;
+- time to first audio: `model.synthesize_stream(...)` (default dtype, and fp32) against upstream's
+  `infer_batch_process(..., streaming=True)` on the same paragraph, reference wave and chunks, both end to end
+  (reference mel, sampling, Vocos decoding of the same random vocoder, upstream's own `vocos` package there): the
+  seconds to the first piece of audio and to the end of the stream. In fp32 the first audio of both must agree.
 With `--compile` our sampler is also timed with `sample(compile=True)` (torch.compile, inductor): the compilation
 time is reported on its own, the compiled outputs are checked against upstream as well, and the compiled speed-ups
 are printed before the last two lines, which are always the eager (default) configuration's speed-ups.
@@ -49,34 +58,47 @@ from safetensors.torch import load_file, save_file
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
 
 from hf_tts.convert.f5 import convert_f5_checkpoint
+from hf_tts.convert.vocos import load_upstream_vocos
 from hf_tts.models.f5.configuration_f5 import F5TTSConfig
 from hf_tts.models.f5.modeling_f5 import F5TTSModel
 from hf_tts.processing import (
+    TARGET_RMS,
     SynthesisInputs,
     chunk_text,
     estimate_duration,
     normalize_reference_text,
     prompt_text,
 )
-from hf_tts.synthesis import sample_chunks
+from hf_tts.synthesis import resolve_sampling_dtype, sample_chunks, sampling_model
 from hf_tts.tokenization_f5 import F5Tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RUNNER = Path(__file__).resolve().parent / "_upstream_runner.py"
 UPSTREAM_VERSION = "1.1.22"
-# What upstream's model code imports at run time (model/utils.py: rjieba and pypinyin; cfm.py: torchdiffeq; the
-# backbones: x-transformers); the training-only and waveform-front-end imports are stubbed by the runner.
+# The torch every upstream install step names, so that no dependency can replace the CPU wheel with another torch
+# (any other torch requirement pulls gigabytes of CUDA libraries).
+UPSTREAM_TORCH = "torch==2.13.0"
+# Installed without their dependencies: both require torchaudio, which would bring another torch.
+UPSTREAM_NO_DEPS = [f"f5-tts=={UPSTREAM_VERSION}", "vocos==0.1.0", "encodec==0.1.1"]
+# What the measured code imports at run time: model/utils.py rjieba and pypinyin; cfm.py torchdiffeq (which imports
+# scipy); the backbones x-transformers; infer/utils_infer.py tqdm and huggingface_hub; vocos pyyaml, einops and
+# huggingface_hub. The training-only, plotting and ASR imports and torchaudio are stood in for by the runner.
 UPSTREAM_RUNTIME_PACKAGES = [
     "x-transformers",
     "einops",
     "torchdiffeq",
+    "scipy",
     "safetensors",
     "numpy",
     "tqdm",
     "ema_pytorch",
     "rjieba",
     "pypinyin",
+    "huggingface_hub",
+    "pyyaml",
 ]
+# What the probe imports to decide the venv is complete (import names of the packages above).
+UPSTREAM_PROBE_IMPORTS = "x_transformers, torchdiffeq, scipy.integrate, safetensors, rjieba, pypinyin, yaml"
 TOLERANCE = 1e-4
 VOCAB_SIZE = 2545  # released vocab.txt size; only the embedding shape matters for speed
 HOP_LENGTH, SAMPLING_RATE = 256, 24000
@@ -100,6 +122,11 @@ class BenchConfig:
     single_repeats: int  # timed runs per implementation; the best is reported
     longform_repeats: int
     steps: int = 32
+    # the streamed paragraph's reference: a few seconds at an ordinary speaking rate, so the paragraph is cut into
+    # chunks by the usual rule (max_chars from the reference's bytes per second)
+    stream_reference_text: str = "Hello there, my friend. It is good to see you."
+    stream_reference_seconds: float = 3.0
+    stream_repeats: int = 1  # a streamed paragraph fills a chunk of about 22 s (upstream's rule): one timed run each
 
 
 FULL = BenchConfig("F5TTS_v1_Base", "Hello there, my friend.", 1.2, SINGLE_TEXT, PARAGRAPH, 2, 1)
@@ -115,26 +142,43 @@ QUICK = BenchConfig(
     steps=8,
 )
 SAMPLING = {"cfg_strength": 2.0, "sway_sampling_coef": -1.0, "seed": 1234}
+# The released charactr/vocos-mel-24khz config.yaml (the weights are random, drawn by the upstream worker).
+VOCOS_CONFIG_YAML = """\
+feature_extractor:
+  class_path: vocos.feature_extractors.MelSpectrogramFeatures
+  init_args: {sample_rate: 24000, n_fft: 1024, hop_length: 256, n_mels: 100, padding: center}
+backbone:
+  class_path: vocos.models.VocosBackbone
+  init_args: {input_channels: 100, dim: 512, intermediate_dim: 1536, num_layers: 8}
+head:
+  class_path: vocos.heads.ISTFTHead
+  init_args: {dim: 512, n_fft: 1024, hop_length: 256, padding: center}
+"""
+# How far the first streamed audio (fp32) of the two may be apart: the vocoder's fp32 products round differently
+WAVE_TOLERANCE = 1e-3
 
 
 def ensure_upstream_venv(venv: Path) -> Path:
     """The benchmark virtualenv's python, creating the venv and installing upstream into it when needed."""
     python = venv / "bin" / "python"
-    # find_spec only: importing f5_tts.model would need the runner's stubs for its training-only imports
+    # find_spec only for f5_tts, vocos and encodec: importing them needs the runner's stand-ins (torchaudio, ...)
     probe = [
         str(python),
         "-c",
-        "import importlib.util as u, importlib.metadata as m, x_transformers, torchdiffeq, safetensors, rjieba, "
-        f"pypinyin; assert u.find_spec('f5_tts.model') and m.version('f5-tts') == '{UPSTREAM_VERSION}'",
+        f"import importlib.util as u, importlib.metadata as m, {UPSTREAM_PROBE_IMPORTS}; "
+        "assert all(u.find_spec(name) for name in ('f5_tts.model', 'vocos', 'encodec')) "
+        f"and m.version('f5-tts') == '{UPSTREAM_VERSION}' and m.version('torch').split('+')[0] == '{UPSTREAM_TORCH.split('==')[1]}'",
     ]
     if python.exists() and subprocess.run(probe, capture_output=True, env=_runner_env()).returncode == 0:
         return python
     print(f"installing upstream f5-tts {UPSTREAM_VERSION} into {venv} ...", flush=True)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(python), "-m", "pip", "install", "--quiet"]
-    subprocess.run([*pip, "torch==2.13.0"], check=True)  # the CPU wheel this project pins; never another torch
-    subprocess.run([*pip, "--no-deps", f"f5-tts=={UPSTREAM_VERSION}"], check=True)
-    subprocess.run([*pip, *UPSTREAM_RUNTIME_PACKAGES], check=True)
+    subprocess.run([*pip, UPSTREAM_TORCH], check=True)  # first: the CPU wheel this project pins
+    subprocess.run([*pip, "--no-deps", *UPSTREAM_NO_DEPS], check=True)
+    subprocess.run([*pip, UPSTREAM_TORCH, *UPSTREAM_RUNTIME_PACKAGES], check=True)
+    if subprocess.run(probe, env=_runner_env()).returncode != 0:
+        raise SystemExit(f"{venv} is incomplete after installing upstream (the import error is above)")
     return python
 
 
@@ -223,10 +267,14 @@ class UpstreamProcess:
             raise RuntimeError(f"the upstream worker exited with code {self.process.wait()} (see its stderr above)")
         return json.loads(line)
 
-    def run(self, job: str, save: bool = False, dtype: str = "float32") -> tuple[float, dict[str, torch.Tensor]]:
-        self.process.stdin.write(json.dumps({"job": job, "save": save, "dtype": dtype}) + "\n")
+    def run(
+        self, job: str, save: bool = False, dtype: str = "float32", **job_options
+    ) -> tuple[float, dict[str, torch.Tensor]]:
+        """Runs `job` (with any job-specific options); its seconds and saved outputs. The whole reply (timings a job
+        adds, such as `first_seconds`) stays in `last_reply`."""
+        self.process.stdin.write(json.dumps({"job": job, "save": save, "dtype": dtype, **job_options}) + "\n")
         self.process.stdin.flush()
-        reply = self._read()
+        reply = self.last_reply = self._read()
         if "error" in reply:
             raise UpstreamJobError(f"upstream {job} ({dtype}) raised {reply['error']}")
         seconds = reply["seconds"]
@@ -381,6 +429,163 @@ def time_bfloat16(
     return result
 
 
+def time_default_path(
+    upstream: UpstreamProcess,
+    model: F5TTSModel,
+    inputs: tuple,
+    up_single: torch.Tensor,
+    up_long: dict,
+    durations,
+    bench,
+) -> dict:
+    """The library's default precision (`dtype="auto"`, resolved and copied as `synthesize` does it) against
+    upstream's default (fp32 on a CPU), timed in alternation once more, with each output's largest deviation from
+    upstream's fp32 output."""
+    ref_mel, single_ids, single_duration, single_noise, batch_cond, chunk_ids, batch_noise, options = inputs
+    dtype = resolve_sampling_dtype("auto", model.device)
+    sampler = sampling_model(model, dtype)
+
+    def ours_single() -> torch.Tensor:
+        return sampler.sample(ref_mel.to(dtype), single_ids, single_duration, latents=single_noise.to(dtype), **options)
+
+    def ours_longform() -> list[torch.Tensor]:
+        return longform_mels(
+            sampler, batch_cond.to(dtype), chunk_ids, durations, latents=batch_noise.to(dtype), **options
+        )
+
+    sampler.sample(
+        ref_mel.to(dtype), single_ids, single_duration, latents=single_noise.to(dtype), **{**options, "steps": 2}
+    )
+    result = {"dtype": str(dtype).removeprefix("torch.")}
+    result["up_single"], result["our_single"], _, our_out = measure(
+        upstream, "single", ours_single, bench.single_repeats
+    )
+    result["single_dev"] = relative_deviation([our_out[0][: up_single.shape[1]]], [up_single[0]])
+    result["up_long"], result["our_long"], _, our_out = measure(
+        upstream, "longform_sequential", ours_longform, bench.longform_repeats
+    )
+    references = [up_long[f"chunk_{i}"][0] for i in range(len(durations))]
+    result["long_dev"] = relative_deviation(
+        [out[: reference.shape[0]] for out, reference in zip(our_out, references)], references
+    )
+    return result
+
+
+def report_default_path(default: dict, generated_single: float, generated_long: float) -> None:
+    print(
+        f"default path (hf_tts dtype=auto -> {default['dtype']} on this machine; upstream's CPU default fp32; timed "
+        "again in alternation; deviation: max |hf_tts - upstream fp32| / max |upstream fp32|):"
+    )
+    for label, key, generated in (
+        ("single utterance", "single", generated_single),
+        ("long form", "long", generated_long),
+    ):
+        up, ours = default[f"up_{key}"], default[f"our_{key}"]
+        print(f"  {label}, upstream fp32:   {up:8.2f} s  RTF {up / generated:6.2f}")
+        print(
+            f"  {label}, hf_tts {default['dtype']}: {ours:8.2f} s  RTF {ours / generated:6.2f}  deviation "
+            f"{default[f'{key}_dev']:.1e}"
+        )
+    for label, key in (("single-utterance", "single"), ("long-form", "long")):
+        print(f"default-path {label} speedup vs upstream default: {default[f'up_{key}'] / default[f'our_{key}']:.2f}x")
+
+
+def upstream_reference_wave(model: F5TTSModel, wave: torch.Tensor) -> torch.Tensor:
+    """The reference wave upstream's `infer_batch_process` gets from its `preprocess_ref_audio_text` (clipped at a
+    silence past 12 s, edge silence trimmed, 50 ms of silence appended; loudness not yet raised): our processor's
+    prepared reference with its loudness brought back, so both sample from the same prompt."""
+    reference = model.get_processor().feature_extractor.prepare_reference(wave.numpy(), SAMPLING_RATE)
+    gain = reference.rms / TARGET_RMS if reference.rms < TARGET_RMS else 1.0
+    return torch.from_numpy(reference.wave * gain).float()
+
+
+def our_stream(
+    model: F5TTSModel, wave: torch.Tensor, ref_text: str, paragraph: str, dtype: str, sampling: dict
+) -> dict:
+    """`model.synthesize_stream` end to end: seconds to the first piece and to the end, the first piece's audio, the
+    chunks it cut the paragraph into and the samples in all."""
+    start = time.perf_counter()
+    pieces = model.synthesize_stream(
+        paragraph,
+        wave.numpy(),
+        ref_text,
+        sampling_rate=SAMPLING_RATE,
+        nfe_step=sampling["steps"],
+        cfg_strength=sampling["cfg_strength"],
+        sway_sampling_coef=sampling["sway_sampling_coef"],
+        seed=sampling["seed"],
+        dtype=dtype,
+    )
+    first = next(pieces)
+    first_seconds = time.perf_counter() - start
+    rest = list(pieces)
+    seconds = time.perf_counter() - start
+    chunks = [piece.text for piece in (first, *rest) if piece.chunk >= 0]
+    samples = sum(len(piece.audio) for piece in (first, *rest))
+    return {
+        "first_seconds": first_seconds,
+        "seconds": seconds,
+        "first": first.audio,
+        "chunks": chunks,
+        "samples": samples,
+    }
+
+
+def time_stream(
+    upstream: UpstreamProcess, model: F5TTSModel, wave: torch.Tensor, ref_text: str, paragraph: str, sampling, repeats
+) -> dict:
+    """Time to first audio: upstream's `infer_batch_process(..., streaming=True)` on the chunks ours cut the
+    paragraph into, against `synthesize_stream` with the default dtype and with fp32, in alternation (best of
+    `repeats`). The first runs are warm-ups and the agreement check: in fp32 both first audios must match."""
+    ours_fp32 = our_stream(model, wave, ref_text, paragraph, "float32", sampling)
+    our_stream(model, wave, ref_text, paragraph, "auto", sampling)
+    chunks = ours_fp32["chunks"]
+    up_ref_text = normalize_reference_text(ref_text)  # what upstream's preprocess_ref_audio_text hands on
+    # also the warm-up (its first call imports the inference module): not timed
+    _, up_out = upstream.run("stream", save=True, ref_text=up_ref_text, chunks=chunks)
+    up_first = up_out["first"].numpy()
+    common = min(len(up_first), len(ours_fp32["first"]))
+    diff = float(abs(ours_fp32["first"][:common] - up_first[:common]).max())
+    scale = float(abs(up_first[:common]).max())
+    print(
+        f"  first streamed audio (fp32, {common} samples): max |ours - upstream| = {diff:.2e} (max |x| {scale:.2f}); "
+        f"stream length ours {ours_fp32['samples']}, upstream {upstream.last_reply['samples']} samples"
+    )
+    if not diff <= WAVE_TOLERANCE * max(scale, 1.0):
+        raise SystemExit(f"streamed audio disagrees ({diff:.2e}); time to first audio would be meaningless")
+    runs = {"upstream": [], "auto": [], "float32": []}
+    for _ in range(repeats):
+        upstream.run("stream", ref_text=up_ref_text, chunks=chunks)
+        runs["upstream"].append(upstream.last_reply)
+        for dtype in ("auto", "float32"):
+            runs[dtype].append(our_stream(model, wave, ref_text, paragraph, dtype, sampling))
+    best = {who: {k: min(run[k] for run in done) for k in ("first_seconds", "seconds")} for who, done in runs.items()}
+    return {"chunks": chunks, "samples": ours_fp32["samples"], "best": best}
+
+
+def report_stream(stream: dict, repeats: int) -> None:
+    chunks, best = stream["chunks"], stream["best"]
+    audio_seconds = stream["samples"] / SAMPLING_RATE
+    sizes = ", ".join(str(len(chunk.encode("utf-8"))) for chunk in chunks)
+    print(
+        f"time to first audio, paragraph in {len(chunks)} chunks ({sizes} bytes), {audio_seconds:.1f} s of audio, end "
+        f"to end with the vocoder (best of {repeats}):"
+    )
+    auto = resolve_sampling_dtype("auto")
+    for who, label in (
+        ("upstream", "upstream infer_batch_process(streaming=True), fp32"),
+        ("auto", f"hf_tts synthesize_stream, dtype=auto ({str(auto).removeprefix('torch.')})"),
+        ("float32", "hf_tts synthesize_stream, float32"),
+    ):
+        print(f"  {label}: first audio {best[who]['first_seconds']:7.2f} s, whole stream {best[who]['seconds']:7.2f} s")
+    for who, label in (("auto", "default dtype"), ("float32", "fp32")):
+        print(
+            f"time-to-first-audio speedup vs upstream ({label}): "
+            f"{best['upstream']['first_seconds'] / best[who]['first_seconds']:.2f}x; whole stream "
+            f"{best['upstream']['seconds'] / best[who]['seconds']:.2f}x"
+        )
+
+
 def report_bfloat16(
     bf16: dict, up_single: float, up_long: float, generated_single: float, generated_long: float, flops, shape
 ) -> None:
@@ -455,7 +660,9 @@ def main() -> None:
         estimates = [estimate_duration(ref_frames, ref_text, t) for t in (bench.single_text, *chunks)]
         single_duration, *chunk_durations = [max(a, b) for a, b in zip(estimates, shortest)]
 
-        inputs = {"ref_mel": ref_mel, "single_text": single_ids}
+        stream_wave = reference_wave(bench.stream_reference_seconds)
+        stream_inputs = {"stream_ref_wave": upstream_reference_wave(model, stream_wave[0])}
+        inputs = {"ref_mel": ref_mel, "single_text": single_ids, **stream_inputs}
         inputs.update({f"chunk_text_{i}": ids[ids != -1][None] for i, ids in enumerate(chunk_ids)})
         save_file(inputs, str(workdir / "inputs.safetensors"))
         request = {
@@ -466,6 +673,8 @@ def main() -> None:
             "num_threads": torch.get_num_threads(),
         }
         (workdir / "request.json").write_text(json.dumps(request))
+        (workdir / "vocos").mkdir()
+        (workdir / "vocos" / "config.yaml").write_text(VOCOS_CONFIG_YAML)
 
         mel_dim = config.mel_dim
         options = {k: sampling[k] for k in ("steps", "cfg_strength", "sway_sampling_coef")}
@@ -504,6 +713,8 @@ def main() -> None:
 
         upstream = UpstreamProcess(python, workdir)
         try:
+            # the worker's own Vocos (upstream package, random weights), read by hf_tts' upstream-folder loader
+            model.attach_vocoder(load_upstream_vocos(workdir / "vocos"))
             upstream.run("warmup")
             ours_single_steps(2)
 
@@ -517,6 +728,17 @@ def main() -> None:
             for i in range(len(chunk_durations)):
                 check_agreement(f"long-form chunk {i}", our_out[i], up_out[f"chunk_{i}"][0])
             up_threaded = [upstream.run("longform_threaded")[0]] if args.upstream_thread_pool else []
+            default = time_default_path(upstream, model, ours_inputs, up_single_out, up_out, chunk_durations, bench)
+            print("agreement of the streamed audio (fp32, same weights, vocoder, reference and seed):")
+            stream = time_stream(
+                upstream,
+                model,
+                stream_wave[0],
+                bench.stream_reference_text,
+                PARAGRAPH,
+                sampling,
+                bench.stream_repeats,
+            )
             if args.compile:
                 compiled = time_compiled(ours_single, ours_longform, up_single_out, up_out, chunk_durations, bench)
             if args.bf16:
@@ -546,6 +768,8 @@ def main() -> None:
         f"hf_tts {flops / our_single / 1e9:.0f} GFLOP/s; this machine's fp32 matmul "
         f"({'x'.join(map(str, matmul_shape))}): {rate:.0f} GFLOP/s"
     )
+    report_default_path(default, generated_single, generated_long)
+    report_stream(stream, bench.stream_repeats)
     if args.bf16:
         report_bfloat16(bf16, up_single, up_long, generated_single, generated_long, flops, matmul_shape)
     if args.compile:
