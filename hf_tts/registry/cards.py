@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 MAX_CARD_BYTES = 1 << 20
-_FRONT_MATTER = re.compile(r"^---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(\r?\n|$)", re.DOTALL)
+FRONT_MATTER = re.compile(r"^---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(\r?\n|$)", re.DOTALL)
 
 
 def front_matter(text: str) -> str | None:
-    match = _FRONT_MATTER.match(text)
+    match = FRONT_MATTER.match(text)
     return match.group(1) if match else None
 
 
@@ -41,7 +41,7 @@ def read_card(path: Path) -> dict[str, Any]:
     return parse_card_text(head.decode("utf-8", errors="replace"))
 
 
-def _strings(value: Any) -> list[str]:
+def card_strings(value: Any) -> list[str]:
     if isinstance(value, str):
         return [value]
     if isinstance(value, list):
@@ -52,12 +52,12 @@ def _strings(value: Any) -> list[str]:
 def card_tags(card: dict[str, Any]) -> list[str]:
     """The tags the Hub derives from a card: its `tags`, the library, the pipeline tag, `license:X`, languages,
     `dataset:X`, `base_model:X` (what `list_models(filter=...)` matches against)."""
-    tags = _strings(card.get("tags"))
-    tags += _strings(card.get("library_name")) + _strings(card.get("pipeline_tag"))
-    tags += [f"license:{item}" for item in _strings(card.get("license"))]
-    tags += _strings(card.get("language"))
-    tags += [f"dataset:{item}" for item in _strings(card.get("datasets"))]
-    tags += [f"base_model:{item}" for item in _strings(card.get("base_model"))]
+    tags = card_strings(card.get("tags"))
+    tags += card_strings(card.get("library_name")) + card_strings(card.get("pipeline_tag"))
+    tags += [f"license:{item}" for item in card_strings(card.get("license"))]
+    tags += card_strings(card.get("language"))
+    tags += [f"dataset:{item}" for item in card_strings(card.get("datasets"))]
+    tags += [f"base_model:{item}" for item in card_strings(card.get("base_model"))]
     seen: dict[str, None] = {}
     for tag in tags:
         seen.setdefault(tag, None)

@@ -40,7 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from hf_tts.errors import InputError
 from hf_tts.file_utils import parse_safetensors_header, safetensors_header_length
 from hf_tts.registry.auth import Principal
-from hf_tts.registry.cards import _FRONT_MATTER, MAX_CARD_BYTES, _strings, card_tags
+from hf_tts.registry.cards import FRONT_MATTER, MAX_CARD_BYTES, card_strings, card_tags
 from hf_tts.registry.errors import RESERVED_NAMESPACES, RegistryError, validate_repo_id, validate_repo_path
 from hf_tts.registry.store import LRU, Commit, Entry, Repo, Tree
 
@@ -278,7 +278,7 @@ def _highlight_fence(code: str, language: str, _attrs: Any) -> str:
 
 def card_body(text: str) -> str:
     """The markdown of a README without its YAML front matter."""
-    match = _FRONT_MATTER.match(text)
+    match = FRONT_MATTER.match(text)
     return text[match.end() :] if match else text
 
 
@@ -622,7 +622,7 @@ def namespace_page(page: Page) -> Response:
 
 def _base_models(page: Page, card: dict) -> list[tuple[str, bool]]:
     """(repo id, linkable): linkable when the base model is in this registry and the visitor may see it."""
-    names = _strings(card.get("base_model"))
+    names = card_strings(card.get("base_model"))
     return [(name, _visible_model(page.registry, page.visitor, name)) for name in names[:20]]
 
 
@@ -635,20 +635,20 @@ def repo_page(page: Page) -> Response:
     card = page.registry.card(commit)
     rendered = _render_card(page.registry, page.urls, repo, commit, revision, tree)
     summary = _summary(page.registry, commit, tree)
-    shown_elsewhere = {*_strings(card.get("library_name")), *_strings(card.get("pipeline_tag"))}
+    shown_elsewhere = {*card_strings(card.get("library_name")), *card_strings(card.get("pipeline_tag"))}
     return page.render(
         "repo.html",
         **_repo_context(page, repo, commit, revision, "card", lambda rev: page.urls.repo(repo.repo_id, rev)),
         card_html=rendered.html,
         has_card="README.md" in tree.files,
         meta={
-            "pipeline_tag": _strings(card.get("pipeline_tag")),
-            "library": _strings(card.get("library_name")),
-            "license": _strings(card.get("license")),
-            "language": _strings(card.get("language")),
-            "datasets": _strings(card.get("datasets")),
-            "tags": [tag for tag in _strings(card.get("tags")) if tag not in shown_elsewhere],
-            "relation": _strings(card.get("base_model_relation")),
+            "pipeline_tag": card_strings(card.get("pipeline_tag")),
+            "library": card_strings(card.get("library_name")),
+            "license": card_strings(card.get("license")),
+            "language": card_strings(card.get("language")),
+            "datasets": card_strings(card.get("datasets")),
+            "tags": [tag for tag in card_strings(card.get("tags")) if tag not in shown_elsewhere],
+            "relation": card_strings(card.get("base_model_relation")),
         },
         base_models=_base_models(page, card),
         summary=summary,
