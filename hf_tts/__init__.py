@@ -12,8 +12,7 @@ as before.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from hf_tts._lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -51,17 +50,7 @@ _PUBLIC_NAMES = {
 _SUBPACKAGES = ("merge",)
 
 __all__ = sorted([*_PUBLIC_NAMES, *_SUBPACKAGES, "__version__"])
-
-
-def __getattr__(name: str) -> Any:
-    if name in _PUBLIC_NAMES:
-        value = getattr(importlib.import_module(_PUBLIC_NAMES[name]), name)
-    elif name in _SUBPACKAGES:
-        value = importlib.import_module(f"hf_tts.{name}")
-    else:
-        raise AttributeError(f"module 'hf_tts' has no attribute {name!r}")
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _PUBLIC_NAMES, _SUBPACKAGES)
 
 
 def __dir__() -> list[str]:

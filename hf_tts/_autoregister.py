@@ -1,16 +1,16 @@
-"""Run `hf_tts.registration`'s two parts as soon as they are needed, without importing transformers for it.
+"""Run `hf_tts.registration`'s parts as soon as they are needed, without importing transformers for it.
 
 transformers has no plugin entry point, so the Auto classes learn the package's model types by registration; that
-imports the models (and torch, and transformers' modeling machinery, seconds). Doing it inside `import hf_tts` would
-make every `hf-tts --help` and the torch-free registry server pay for it, and doing it when `import transformers`
-completes would make `import hf_tts, transformers` pay it too although transformers itself is lazy. Instead an import
-hook waits for the first of transformers' Auto modules (configuration_auto, modeling_auto, tokenization_auto, ...):
-the Auto-class part runs when that import completes, and the pipeline part (which needs `transformers.pipelines`,
-itself over a second to import) only when `transformers.pipelines` is imported. If such an import completes in the
+imports the package's config, model or processor classes (and with them torch and transformers' machinery, seconds).
+Doing it inside `import hf_tts` would make every `hf-tts --help` and the torch-free registry server pay for it, and
+doing it when `import transformers` completes would make `import hf_tts, transformers` pay it too although
+transformers itself is lazy. Instead an import hook waits for transformers' Auto modules (configuration_auto,
+modeling_auto, tokenization_auto, feature_extraction_auto, processing_auto) and `transformers.pipelines`: when one of
+them finishes importing, its part of the registration runs (`registration.PART_OF_MODULE`), so reading a config does
+not import the models, and the models do not import processors or pipelines. If such an import completes in the
 middle of importing one of the package's own modules or a watched transformers module (which registration needs
-whole), registration waits for the last such module to finish. Every route to an Auto class goes through the Auto
-modules and every route to `pipeline()` through `transformers.pipelines`, so each part is in place before it is
-used.
+whole), registration waits for the last such module to finish. Every route to an Auto class goes through its Auto
+module and every route to `pipeline()` through `transformers.pipelines`, so each part is in place before it is used.
 """
 
 from __future__ import annotations
@@ -21,19 +21,11 @@ import threading
 from types import ModuleType
 from typing import Any
 
+from hf_tts import registration
+
 _lock = threading.RLock()
-_PIPELINES = "transformers.pipelines"
-# transformers modules whose import means the Auto classes (or, for _PIPELINES, the pipelines) are about to be used.
-_TRIGGERS = frozenset(
-    {
-        "transformers.models.auto.configuration_auto",
-        "transformers.models.auto.modeling_auto",
-        "transformers.models.auto.tokenization_auto",
-        "transformers.models.auto.feature_extraction_auto",
-        "transformers.models.auto.processing_auto",
-        _PIPELINES,
-    }
-)
+# transformers modules whose import means one of the Auto classes (or the pipelines) is about to be used.
+_TRIGGERS = frozenset(registration.PART_OF_MODULE)
 # Set while a registration part runs: the package modules it imports finish inside it and must not start it again.
 _registering = False
 # transformers packages that must be whole before registration imports from them.
@@ -49,21 +41,25 @@ def _initializing(module: ModuleType | None, finishing: ModuleType | None) -> bo
     return bool(getattr(spec, "_initializing", False))
 
 
+def _wanted_parts(finishing: ModuleType | None) -> list[str]:
+    """The parts whose trigger modules are wholly imported and that are not registered yet."""
+    done = registration.registered_parts()
+    return [
+        part
+        for name, part in registration.PART_OF_MODULE.items()
+        if part not in done and name in sys.modules and not _initializing(sys.modules[name], finishing)
+    ]
+
+
 def _try_register(finishing: ModuleType | None = None) -> None:
     """Run the registration parts whose trigger modules are imported, unless one of the watched transformers modules
     or of the package's modules (other than `finishing`, whose code has just run) is half imported."""
     global _registering
-    from hf_tts import registration
-
     with _lock:
-        if registration.pipelines_registered():
+        if registration.is_registered():
             _uninstall()
             return
-        if _registering:
-            return
-        imported = {name for name in _TRIGGERS if not _initializing(sys.modules.get(name), finishing)}
-        imported &= sys.modules.keys()
-        if not imported:
+        if _registering or not _wanted_parts(finishing):
             return
         if any(_initializing(sys.modules.get(name), finishing) for name in _WATCHED if name in sys.modules):
             return
@@ -75,11 +71,13 @@ def _try_register(finishing: ModuleType | None = None) -> None:
             return
         _registering = True
         try:
-            registration.register_auto_classes()
-            # the pipelines too if they are imported (possibly by what the Auto-class part just imported)
-            if _PIPELINES in sys.modules and not _initializing(sys.modules[_PIPELINES], finishing):
+            # A part may import further trigger modules (the models import transformers' modeling code): their
+            # parts run in the next round.
+            while wanted := _wanted_parts(finishing):
+                for part in wanted:
+                    registration.register(part)
+            if registration.is_registered():
                 _uninstall()
-                registration.register_pipelines()
         finally:
             _registering = False
 
@@ -121,12 +119,9 @@ def _uninstall() -> None:
 
 
 def register_when_transformers_is_ready() -> None:
-    """Register what is needed now if transformers' Auto classes or pipelines are already imported, and the rest
-    once they are."""
-    from hf_tts import registration
-
+    """Register what is needed now for the Auto modules and pipelines already imported, and the rest once they are."""
     with _lock:
         if any(name in sys.modules for name in _TRIGGERS):
             _try_register()
-        if not registration.pipelines_registered() and _finder not in sys.meta_path:
+        if not registration.is_registered() and _finder not in sys.meta_path:
             sys.meta_path.insert(0, _finder)

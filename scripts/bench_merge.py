@@ -149,6 +149,8 @@ def snippet_main(argv: list[str]) -> None:
     if args.build_into:
         build_checkpoints(Path(args.build_into), args.sources, args.quick)
         return
+    if args.workdir:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="bench_merge_", dir=args.workdir))
     try:
         # Built in a child: this process stays small (no torch import), because a child's max RSS starts with the
@@ -345,6 +347,8 @@ def mergekit_main(argv: list[str]) -> None:
         raise SystemExit(f"--methods: unknown {unknown}; shared methods: {', '.join(SHARED_METHODS)}")
     mergekit_python = ensure_mergekit_venv(args.venv)
     mergekit_cli = str(args.venv / "bin" / "mergekit-pytorch")
+    if args.workdir:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="bench_merge_", dir=args.workdir))
     try:
         command = [sys.executable, __file__, "--against-snippet", "--build-into", str(workdir), "--sources", "3"]

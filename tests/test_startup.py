@@ -83,16 +83,16 @@ def test_registry_server_modules_import_no_torch():
     assert result.stdout.strip() == "[]"
 
 
-# What each import order must leave registered, checked in a fresh interpreter after every step: the Auto classes as
-# soon as one of transformers' Auto modules is imported (before or after hf_tts), the pipeline tasks as soon as
-# transformers' pipelines are, and the pipelines never imported for the Auto classes alone (that costs seconds).
+# What each import order must leave registered, checked in a fresh interpreter after every step: each Auto class's
+# part as soon as its Auto module is imported (before or after hf_tts), the pipeline tasks as soon as transformers'
+# pipelines are, and nothing more (the models, processors and pipelines each cost seconds to import).
 _ORDER_PROBE = """
 import sys
 for step in {steps!r}:
     exec(step)
-    registration = sys.modules.get("hf_tts.registration")  # imported by the first registration, not before
-    state = (registration.auto_classes_registered(), registration.pipelines_registered()) if registration else ()
-    print(*(state or (False, False)), "transformers.pipelines" in sys.modules)
+    registration = sys.modules.get("hf_tts.registration")  # imported with hf_tts
+    parts = sorted(registration.registered_parts()) if registration else []
+    print(",".join(parts) or "-", "transformers.pipelines" in sys.modules)
 from transformers import AutoConfig, AutoModel, pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 assert type(AutoConfig.for_model("hf_tts_f5")).__name__ == "F5TTSConfig"
@@ -101,6 +101,9 @@ for task in ("zero-shot-text-to-speech", "audio-to-motion"):
     print(PIPELINE_REGISTRY.check_task(task)[1]["impl"].__name__)
 """
 _PIPELINE_CLASSES = ["ZeroShotTextToSpeechPipeline", "AudioToMotionPipeline"]
+
+
+_ALL = "configs,feature_extractors,models,pipelines,processors,tokenizers True"
 
 
 @pytest.mark.parametrize(
@@ -113,7 +116,7 @@ _PIPELINE_CLASSES = ["ZeroShotTextToSpeechPipeline", "AudioToMotionPipeline"]
                 "from transformers import AutoModel",
                 "import transformers.pipelines",
             ],
-            ["False False False", "False False False", "True False False", "True True True"],
+            ["- False", "- False", "configs,models,tokenizers False", _ALL],
         ),
         (
             [
@@ -121,12 +124,14 @@ _PIPELINE_CLASSES = ["ZeroShotTextToSpeechPipeline", "AudioToMotionPipeline"]
                 "import hf_tts",
                 "from transformers import pipeline",
             ],
-            ["False False False", "True False False", "True True True"],
+            ["- False", "configs,feature_extractors,models,processors,tokenizers False", _ALL],
         ),
-        (["from transformers import pipeline", "import hf_tts"], ["False False True", "True True True"]),
-        (["from hf_tts import ZeroShotTextToSpeechPipeline"], ["True True True"]),
+        (["from transformers import pipeline", "import hf_tts"], ["- True", _ALL]),
+        (["from hf_tts import ZeroShotTextToSpeechPipeline"], [_ALL]),
+        # Reading a config (merge, inspect) registers the configs only: no modeling code, processors or pipelines.
+        (["import hf_tts", "from transformers import AutoConfig"], ["- False", "configs False"]),
     ],
-    ids=["hf_tts-auto-pipelines", "auto-hf_tts-pipeline", "pipeline-hf_tts", "package-pipeline"],
+    ids=["hf_tts-auto-pipelines", "auto-hf_tts-pipeline", "pipeline-hf_tts", "package-pipeline", "hf_tts-config"],
 )
 def test_each_import_order_registers_what_is_imported(steps, states):
     result = subprocess.run(

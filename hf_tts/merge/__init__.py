@@ -242,6 +242,8 @@ def merge(
         ThreadPoolExecutor(max_workers=HASH_WORKERS) as pool,
         atomic_output_dir(out_dir, overwrite=overwrite, inputs=inputs) as staging,
     ):
+        # The plotting library's import (about a second) overlaps the merge instead of following it.
+        pool.submit(write.import_plotting)
         hashes = {
             spec: {path.name: pool.submit(sha256_file, path, cache=True) for path in paths}
             for spec, paths in files.items()

@@ -113,14 +113,19 @@ def l1_64(tensor: torch.Tensor) -> float:
 
 
 def _combine(pairs: Sequence[tuple[float, torch.Tensor]], dtype: torch.dtype) -> torch.Tensor:
-    """sum_i c_i x_i, each chunk computed in fp64 and rounded once to `dtype` (for SLERP's 1e-6 bound)."""
+    """sum_i c_i x_i, each chunk computed in fp64 and rounded once to `dtype` (for SLERP's 1e-6 bound). The chunk
+    buffer is fp64 and the in-place adds promote each x_i exactly, so no fp64 copy of an input is made."""
     shape = pairs[0][1].shape
     flats = [(coefficient, tensor.reshape(-1)) for coefficient, tensor in pairs]
-    out = torch.empty(flats[0][1].numel(), dtype=dtype)
-    for i in _chunks(out.numel()):
-        chunk = torch.zeros(min(REDUCE_CHUNK, out.numel() - i), dtype=torch.float64)
-        for coefficient, flat in flats:
-            chunk.add_(flat[i : i + REDUCE_CHUNK].double(), alpha=coefficient)
+    numel = flats[0][1].numel()
+    out = torch.empty(numel, dtype=dtype)
+    buffer = torch.empty(min(REDUCE_CHUNK, numel), dtype=torch.float64)
+    for i in _chunks(numel):
+        chunk = buffer[: min(REDUCE_CHUNK, numel - i)]
+        (first_coefficient, first), *rest = flats
+        chunk.copy_(first[i : i + REDUCE_CHUNK]).mul_(first_coefficient)
+        for coefficient, flat in rest:
+            chunk.add_(flat[i : i + REDUCE_CHUNK], alpha=coefficient)
         out[i : i + REDUCE_CHUNK] = chunk
     return out.view(shape)
 
@@ -183,8 +188,7 @@ def slerp(first: torch.Tensor, second: torch.Tensor, t: float) -> torch.Tensor:
     linearly, as mergekit does. The combination is formed in fp64 and rounded once.
     """
     dtype = accumulator_dtype(first.dtype, second.dtype)
-    norm0, norm1 = norm64(first), norm64(second)
-    dot = dot64(first, second)
+    norm0, norm1, dot = _pair_statistics(first, second)
     dot /= (norm0 if norm0 > SLERP_NORM_EPS else 1.0) * (norm1 if norm1 > SLERP_NORM_EPS else 1.0)
     dot = min(1.0, max(-1.0, dot))
     if abs(dot) > SLERP_DOT_THRESHOLD:
@@ -218,23 +222,18 @@ def nuslerp(
     total = math.fsum(weights)
     t = 0.5 if abs(total) < 1e-6 else weights[1] / total
     dtype = accumulator_dtype(*(x.dtype for x in tensors), *((base.dtype,) if base is not None else ()))
+    if flatten:
+        return _nuslerp_flat(tensors[0], tensors[1], base, t, dtype)
     v0, v1 = (x.to(dtype) if base is None else x.to(dtype) - base.to(dtype) for x in tensors)
     shape = v0.shape
-    if flatten:
-        a, b = v0.reshape(1, -1), v1.reshape(1, -1)
-    else:
-        a, b = _vectors(v0, row_wise), _vectors(v1, row_wise)
+    a, b = _vectors(v0, row_wise), _vectors(v1, row_wise)
     rows = max(1, REDUCE_CHUNK // max(a.shape[1], 1))
     result = torch.empty_like(a)
     for start in range(0, a.shape[0], rows):
         x, y = a[start : start + rows].double(), b[start : start + rows].double()
-        if flatten:  # one vector: reduce it in chunks, fp64
-            nx, ny, dot = norm64(x), norm64(y), dot64(x, y)
-            nx_t, ny_t, dot_t = (torch.tensor([[value]], dtype=torch.float64) for value in (nx, ny, dot))
-        else:
-            nx_t = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-            ny_t = torch.linalg.vector_norm(y, dim=-1, keepdim=True)
-            dot_t = (x * y).sum(-1, keepdim=True)
+        nx_t = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+        ny_t = torch.linalg.vector_norm(y, dim=-1, keepdim=True)
+        dot_t = (x * y).sum(-1, keepdim=True)
         cos = (dot_t / nx_t.clamp(min=1e-7) / ny_t.clamp(min=1e-7)).clamp(-1.0, 1.0)
         colinear = (1.0 - cos.square()) <= 1e-16
         theta = torch.acos(torch.where(colinear, 0.0, cos))
@@ -243,10 +242,50 @@ def nuslerp(
             colinear, 1.0, sin_theta
         )
         result[start : start + rows] = torch.where(colinear, (1.0 - t) * x + t * y, spherical)
-    if not flatten and row_wise and len(shape) >= 2:
+    if row_wise and len(shape) >= 2:
         result = result.reshape(v0.transpose(0, -1).shape).transpose(0, -1)
     result = result.reshape(shape)
     return result if base is None else result.add_(base.to(dtype))
+
+
+def _pair_statistics(
+    first: torch.Tensor, second: torch.Tensor, base: torch.Tensor | None = None
+) -> tuple[float, float, float]:
+    """|v0|, |v1| and v0 . v1 of v_i = x_i - b (v_i = x_i without a base): one pass in fp64 chunks, so no task
+    vector or fp64 copy of a whole input is made."""
+    x, y = first.reshape(-1), second.reshape(-1)
+    b = base.reshape(-1) if base is not None else None
+    squares_x, squares_y, products = [], [], []
+    buffers = torch.empty(2, min(REDUCE_CHUNK, x.numel()), dtype=torch.float64)
+    for i in _chunks(x.numel()):
+        u, v = buffers[:, : min(REDUCE_CHUNK, x.numel() - i)]
+        u.copy_(x[i : i + REDUCE_CHUNK])
+        v.copy_(y[i : i + REDUCE_CHUNK])
+        if b is not None:  # the fp64 buffers promote the base exactly
+            u.sub_(b[i : i + REDUCE_CHUNK])
+            v.sub_(b[i : i + REDUCE_CHUNK])
+        squares_x.append(torch.dot(u, u).item())
+        squares_y.append(torch.dot(v, v).item())
+        products.append(torch.dot(u, v).item())
+    return math.sqrt(math.fsum(squares_x)), math.sqrt(math.fsum(squares_y)), math.fsum(products)
+
+
+def _nuslerp_flat(
+    first: torch.Tensor, second: torch.Tensor, base: torch.Tensor | None, t: float, dtype: torch.dtype
+) -> torch.Tensor:
+    """NuSLERP over the whole flattened tensor: c0 v0 + c1 v1 (+ b) = c0 x0 + c1 x1 (+ (1 - c0 - c1) b), formed in
+    fp64 and rounded once."""
+    norm_x, norm_y, product = _pair_statistics(first, second, base)
+    cos = min(1.0, max(-1.0, product / max(norm_x, 1e-7) / max(norm_y, 1e-7)))
+    if 1.0 - cos * cos <= 1e-16:  # colinear: linear interpolation
+        c0, c1 = 1.0 - t, t
+    else:
+        theta = math.acos(cos)
+        c0, c1 = math.sin((1.0 - t) * theta) / math.sin(theta), math.sin(t * theta) / math.sin(theta)
+    pairs = [(c0, first), (c1, second)]
+    if base is not None:
+        pairs.append((1.0 - c0 - c1, base))
+    return _combine(pairs, dtype)
 
 
 def multislerp(
@@ -389,17 +428,16 @@ def sparsify(
                 keep &= magnitude < torch.kthvalue(magnitude, dropped_bottom + kept + 1).values
             flat.mul_(keep)
     elif method == "random":
-        flat.mul_(torch.rand(numel, generator=generator, dtype=torch.float64) < density)
+        # In chunks: the generator draws in order, so this is the same mask as one draw over the whole tensor.
+        for i in _chunks(numel):
+            piece = flat[i : i + REDUCE_CHUNK]
+            piece.mul_(torch.rand(piece.numel(), generator=generator, dtype=torch.float64) < density)
     elif method == "della":
         rows = delta.view(1, -1) if delta.dim() < 2 else delta  # ranked along dimension 1, as mergekit does
-        length = rows.shape[1]
-        order = torch.argsort(rows.abs(), dim=1)
-        positions = torch.arange(length).view(1, length, *([1] * (rows.dim() - 2))).expand_as(order).contiguous()
-        ranks = torch.empty_like(order).scatter_(1, order, positions)
-        # A row of one entry has no spread of ranks: it is kept with probability density (mergekit fails there).
-        rank_norm = ranks.to(torch.float64).div_(length - 1) if length > 1 else torch.full(ranks.shape, 0.5)
-        probabilities = rank_norm.mul_(2 * parameters.epsilon).add_(density - parameters.epsilon)
-        rows.mul_(torch.rand(rows.shape, generator=generator, dtype=torch.float64) < probabilities)
+        # Rows are ranked independently, so blocks of them are pruned one after another (the draws stay in order).
+        step = max(1, REDUCE_CHUNK // max(math.prod(rows.shape[1:]), 1))
+        for start in range(0, rows.shape[0], step):
+            _della_prune(rows[start : start + step], parameters, generator)
     else:  # pragma: no cover (the plan validates method names)
         raise ValueError(method)
     if parameters.rescale:
@@ -407,6 +445,20 @@ def sparsify(
         if before >= RESCALE_EPS and after >= RESCALE_EPS:
             delta.mul_(before / after)
     return delta
+
+
+def _della_prune(rows: torch.Tensor, parameters: MergeParameters, generator: torch.Generator | None) -> None:
+    """DELLA's pruning of a block of rows in place: entry j of a row is kept with probability density - epsilon +
+    2 epsilon r_j / (n_row - 1), r_j its rank by magnitude along dimension 1 (0 for the smallest)."""
+    length = rows.shape[1]
+    order = torch.argsort(rows.abs(), dim=1)
+    positions = torch.arange(length).view(1, length, *([1] * (rows.dim() - 2))).expand_as(order).contiguous()
+    ranks = torch.empty_like(order).scatter_(1, order, positions)
+    del order, positions
+    # A row of one entry has no spread of ranks: it is kept with probability density (mergekit fails there).
+    rank_norm = ranks.to(torch.float64).div_(length - 1) if length > 1 else torch.full(ranks.shape, 0.5)
+    probabilities = rank_norm.mul_(2 * parameters.epsilon).add_(parameters.density - parameters.epsilon)
+    rows.mul_(torch.rand(rows.shape, generator=generator, dtype=torch.float64) < probabilities)
 
 
 def task_vector_merge(

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
+import ctypes.util
 import math
 import re
 import threading
@@ -47,6 +49,28 @@ def block_name(key: str) -> str:
     two name components (`backbone.time_embed`)."""
     match = _NUMBERED_BLOCK.match(key)
     return match.group(1) if match else ".".join(key.split(".")[:2])
+
+
+# Allocations from this size up get their own memory map, returned to the system when freed (see
+# `map_large_allocations`).
+MMAP_THRESHOLD_BYTES = 1 << 20
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+
+
+def map_large_allocations() -> None:
+    """Make glibc give every allocation of `MMAP_THRESHOLD_BYTES` or more its own memory map, for the rest of the
+    process.
+
+    By default glibc raises that threshold to the size of the largest block freed (up to 32 MiB), after which
+    whole-tensor buffers come from the worker threads' heaps, which fragment and keep their peak: a TIES merge of
+    Base-size models measured 710 MiB above idle against 403 MiB with the fixed threshold. Only glibc has mallopt;
+    elsewhere this does nothing.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+    except (OSError, AttributeError):
+        pass
 
 
 @contextlib.contextmanager
@@ -307,6 +331,8 @@ def stream_merge(
         labelled.append((f"base ({plan.base.spec})", plan.base.reader))
     jobs = slice_jobs(plan, keys)
     elementwise = _is_elementwise(plan)
+    if not elementwise:
+        map_large_allocations()
     remaining = collections.Counter(job.task.key for job in jobs)  # slices left per key, to release its pages
     # Whole-tensor methods: each worker takes a whole tensor at a time (from a shared queue, so a large tensor does
     # not hold the others up), and may finish many slices ahead; what waits is only their statistics (a few numbers).

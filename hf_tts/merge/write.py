@@ -183,12 +183,19 @@ def copy_companion_files(plan: MergePlan, folder: Path) -> None:
             shutil.copyfile(donor.folder / name, folder / name)
 
 
-def plot_distances(distances: dict[str, list[float]], labels: list[str], path: Path) -> None:
-    """PNG line plot: one line per source, its cosine distance from the merge for each block."""
+def import_plotting() -> Any:
+    """matplotlib's pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot
+
+    return pyplot
+
+
+def plot_distances(distances: dict[str, list[float]], labels: list[str], path: Path) -> None:
+    """PNG line plot: one line per source, its cosine distance from the merge for each block."""
+    pyplot = import_plotting()
 
     blocks = list(distances)
     # Room below the axes for the rotated block names (about 0.07 inch per character at font size 7).

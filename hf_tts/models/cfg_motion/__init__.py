@@ -1,7 +1,13 @@
 """cfg_motion model family: audio2photoreal's FiLM diffusion transformer with classifier-free guidance and a
 GPT-SoVITS-style voice quantizer front end."""
 
-from hf_tts.models.cfg_motion.configuration_cfg_motion import CFGMotionConfig, VoiceQuantizerConfig
-from hf_tts.models.cfg_motion.modeling_cfg_motion import CFGMotionModel
+# Names load on first use: importing the configuration (to read a config) must not import the modeling code.
+from hf_tts._lazy import lazy_getattr
 
-__all__ = ["CFGMotionConfig", "CFGMotionModel", "VoiceQuantizerConfig"]
+_PUBLIC_NAMES = {
+    "CFGMotionConfig": "hf_tts.models.cfg_motion.configuration_cfg_motion",
+    "VoiceQuantizerConfig": "hf_tts.models.cfg_motion.configuration_cfg_motion",
+    "CFGMotionModel": "hf_tts.models.cfg_motion.modeling_cfg_motion",
+}
+__all__ = sorted(_PUBLIC_NAMES)
+__getattr__ = lazy_getattr(__name__, _PUBLIC_NAMES)

@@ -1,6 +1,12 @@
 """F5-TTS: DiT backbone + conditional flow matching."""
 
-from hf_tts.models.f5.configuration_f5 import F5_PRESETS, F5TTSConfig
-from hf_tts.models.f5.modeling_f5 import F5TTSModel
+# Names load on first use: importing the configuration (to read a config) must not import the modeling code.
+from hf_tts._lazy import lazy_getattr
 
-__all__ = ["F5_PRESETS", "F5TTSConfig", "F5TTSModel"]
+_PUBLIC_NAMES = {
+    "F5_PRESETS": "hf_tts.models.f5.configuration_f5",
+    "F5TTSConfig": "hf_tts.models.f5.configuration_f5",
+    "F5TTSModel": "hf_tts.models.f5.modeling_f5",
+}
+__all__ = sorted(_PUBLIC_NAMES)
+__getattr__ = lazy_getattr(__name__, _PUBLIC_NAMES)
