@@ -84,16 +84,20 @@ def stored_xorbs(server) -> dict[str, int]:
 # --- formats ----------------------------------------------------------------------------------------------------------
 
 
-def test_xorb_and_hash_formats_round_trip(tmp_path):
-    chunks = [bytes(range(256)) * 40, b"\x01\x02\x03" * 7001, os.urandom(9000)]
-    xorb_hex, body = build_xorb(chunks, schemes=[1, 2, 0])
+@pytest.mark.parametrize("read_block", [xf.READ_BLOCK, 1, 20000])
+def test_xorb_and_hash_formats_round_trip(tmp_path, monkeypatch, read_block):
+    # read_block: stored chunks are decoded from blocks of at most this many bytes (at least one chunk each).
+    monkeypatch.setattr(xf, "READ_BLOCK", read_block)
+    chunks = [bytes(range(256)) * 40, b"\x01\x02\x03" * 7001, os.urandom(9000), os.urandom(7000)]
+    xorb_hex, body = build_xorb(chunks, schemes=[1, 2, 0, 0])
     path = tmp_path / "x"
     path.write_bytes(body)
     index = xf.index_xorb(path, xf.hex_to_hash(xorb_hex))
     assert index.sizes == tuple(len(chunk) for chunk in chunks)
     assert xf.XorbIndex.from_bytes(index.to_bytes()) == index
     with open(path, "rb") as stream:
-        assert list(xf.iter_chunks(stream, index, 0, 3)) == chunks
+        assert [bytes(chunk) for chunk in xf.iter_chunks(stream, index, 0, 4)] == chunks
+        assert [bytes(chunk) for chunk in xf.iter_chunks(stream, index, 1, 3)] == chunks[1:3]
     assert xf.hex_to_hash(xf.hash_to_hex(b"\x00\x01" * 16)) == b"\x00\x01" * 16
     assert xf.hash_to_hex(bytes(range(32)))[:16] == "0706050403020100"  # words are little-endian u64s
     path.write_bytes(body[:-1] + bytes([body[-1] ^ 1]))  # one flipped bit in the last (raw) chunk
@@ -239,6 +243,17 @@ def test_bad_xet_uploads_are_refused_and_leave_nothing(local_hub):
     response, data = request(local_hub, "POST", "/cas/v1/shards", shard, auth)
     assert response.status == 200, data
     file_hex = xf.hash_to_hex(xf.file_hash([(xf.chunk_hash(c), len(c)) for c in chunks]))
+    # The same file again (a re-push) is checked against the sha256 verified the first time, without rebuilding its
+    # bytes; a different sha256 for it is still refused.
+    rebuilt = registry.cas.file_sha256
+    registry.cas.file_sha256 = None  # a call would fail
+    try:
+        response, data = request(local_hub, "POST", "/cas/v1/shards", shard, auth)
+        assert response.status == 200, data
+        response, data = request(local_hub, "POST", "/cas/v1/shards", _with_sha256(shard, b"other"), auth)
+        assert response.status == 400 and b"sha256" in data
+    finally:
+        registry.cas.file_sha256 = rebuilt
     # Reconstruction: only with a token of the repo the file was uploaded to.
     token_b = xet_token(local_hub, "team/b", "read")
     response, _ = request(

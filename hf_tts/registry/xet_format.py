@@ -147,7 +147,7 @@ def _ungroup4(grouped: bytes) -> bytes:
     return bytes(out)
 
 
-def decode_chunk(scheme: int, payload: bytes, size: int) -> bytes:
+def decode_chunk(scheme: int, payload: bytes | memoryview, size: int) -> bytes | memoryview:
     """A chunk's bytes from its stored form (0 none, 1 LZ4 frame, 2 byte-grouped LZ4 frame), length-checked."""
     if scheme == 0:
         data = payload
@@ -166,7 +166,7 @@ def decode_chunk(scheme: int, payload: bytes, size: int) -> bytes:
     return data
 
 
-def read_chunk_header(header: bytes) -> tuple[int, int, int]:
+def read_chunk_header(header: bytes | memoryview) -> tuple[int, int, int]:
     """(compressed size, scheme, uncompressed size) of an 8-byte chunk header."""
     version, packed, scheme, unpacked = CHUNK_HEADER.unpack(header)
     if version != 0:
@@ -259,12 +259,27 @@ def index_xorb(path: str | os.PathLike, expected_hash: bytes) -> XorbIndex:
     return XorbIndex(tuple(hashes), tuple(offsets), tuple(sizes), end)
 
 
-def iter_chunks(stream: BinaryIO, index: XorbIndex, start: int, end: int) -> Iterator[bytes]:
-    """The decoded chunks [start, end) of a stored (already verified) xorb, read sequentially."""
-    stream.seek(index.offsets[start])
-    for _ in range(start, end):
-        compressed_size, scheme, size = read_chunk_header(stream.read(CHUNK_HEADER.size))
-        yield decode_chunk(scheme, stream.read(compressed_size), size)
+READ_BLOCK = 4 << 20  # bytes of a stored xorb read at a time when its chunks are decoded
+
+
+def iter_chunks(stream: BinaryIO, index: XorbIndex, start: int, end: int) -> Iterator[bytes | memoryview]:
+    """The decoded chunks [start, end) of a stored (already verified) xorb, read in blocks of about `READ_BLOCK`
+    bytes. Uncompressed chunks come as views into the block (no copy), valid while the consumer holds them."""
+    chunk = start
+    while chunk < end:
+        block_start = index.offsets[chunk]
+        last = chunk + 1
+        while last < end and index.byte_end(last) - block_start <= READ_BLOCK:
+            last += 1
+        stream.seek(block_start)
+        block = memoryview(stream.read(index.byte_end(last - 1) - block_start))
+        position = 0
+        for _ in range(chunk, last):
+            compressed_size, scheme, size = read_chunk_header(block[position : position + CHUNK_HEADER.size])
+            payload = block[position + CHUNK_HEADER.size : position + CHUNK_HEADER.size + compressed_size]
+            yield payload if scheme == 0 and len(payload) == size else decode_chunk(scheme, payload, size)
+            position += CHUNK_HEADER.size + compressed_size
+        chunk = last
 
 
 # --- shards -----------------------------------------------------------------------------------------------------------
