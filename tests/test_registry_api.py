@@ -163,7 +163,7 @@ def test_operations_apply_in_order_and_unchanged_files_make_no_commit(local_hub)
 def test_etag_is_the_git_blob_sha1_so_hf_cache_verify_passes(local_hub, tmp_path):
     api = HfApi()
     api.create_repo("org/verify")
-    files = {"config.json": b'{"a": 1}', "sub/weights.txt": os.urandom(300_000), "empty.txt": b""}
+    files = {"config.json": b'{"a": 1}', "sub/weights.txt": os.urandom(150_000).hex().encode(), "empty.txt": b""}
     api.create_commit("org/verify", [CommitOperationAdd(p, d) for p, d in files.items()], commit_message="files")
     response, _ = request(local_hub, "HEAD", "/org/verify/resolve/main/sub/weights.txt")
     assert response.getheader("ETag") == f'"{git_sha1(files["sub/weights.txt"])}"'

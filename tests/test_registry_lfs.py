@@ -55,10 +55,15 @@ def test_lfs_push_download_and_repush(local_hub, no_xet, tmp_path):
     data = os.urandom(BIG_MB << 20)
     (folder / "model.safetensors").write_bytes(data)
     (folder / "config.json").write_text('{"dim": 8}')
+    # Small files: binary content (the preupload sample holds a NUL byte) is a large file, as on the Hub; text is not.
+    (folder / "state.dat").write_bytes(b"\0\1" * 1000)
+    (folder / "notes.txt").write_text("plain text\n" * 100)
     api.upload_folder(folder_path=str(folder), repo_id="team/lfs")
     digest = hashlib.sha256(data).hexdigest()
     (info,) = api.get_paths_info("team/lfs", ["model.safetensors"])
     assert info.lfs.sha256 == digest and info.lfs.size == len(data) and info.xet_hash is None
+    small = {item.path: item for item in api.get_paths_info("team/lfs", ["state.dat", "notes.txt"])}
+    assert small["state.dat"].lfs is not None and small["notes.txt"].lfs is None
     assert local_hub.store.blobs.path(digest).stat().st_size == len(data)
 
     path = hf_hub_download("team/lfs", "model.safetensors", cache_dir=str(tmp_path / "c1"))

@@ -10,6 +10,7 @@ Answers never echo the Host header: every URL is built from the configured publi
 
 from __future__ import annotations
 
+import base64
 import fnmatch
 import gzip
 import hashlib
@@ -758,9 +759,22 @@ def _gitignore_matcher(text: str) -> Callable[[str], bool]:
     return ignored
 
 
+def _preupload_sample(value: object) -> bytes:
+    """The first bytes of a file as a preupload entry sends them (base64, 512 bytes from huggingface_hub); a missing
+    or undecodable sample says nothing about the content."""
+    if not isinstance(value, str) or len(value) > 4096:
+        return b""
+    try:
+        return base64.b64decode(value, validate=True)
+    except ValueError:
+        return b""
+
+
 async def preupload(request: Request) -> Response:
-    """Every file is uploaded "regular" (inline in the commit). `oid` is the git blob sha1 of the file now at that
-    path, so the client skips unchanged files; `shouldIgnore` follows the `.gitignore` the client sends."""
+    """Each file's upload mode: "lfs" for large files (`is_large_file`: size, format or binary sample), uploaded
+    through Xet or LFS before the commit, "regular" for the rest (inline in the commit). `oid` is the sha256 (large)
+    or git blob sha1 (regular) of the file now at that path, so the client skips unchanged files; `shouldIgnore`
+    follows the `.gitignore` the client sends."""
     registry = _registry(request)
     repo_type, repo_id = _kind(request), _repo_id(request)
     revision = _segment(request, "rev")
@@ -779,7 +793,8 @@ async def preupload(request: Request) -> Response:
             path = validate_repo_path(_field(item, "path", str, required=True))
             entry = registry.store.entry(commit, path)
             size = item.get("size")
-            mode = "lfs" if is_large_file(path, size if isinstance(size, int) else 0) else "regular"
+            sample = _preupload_sample(item.get("sample"))
+            mode = "lfs" if is_large_file(path, size if isinstance(size, int) else 0, sample) else "regular"
             # The client skips unchanged files by comparing this oid: sha256 for large files, git sha1 otherwise.
             oid = (entry.sha256 if mode == "lfs" else entry.sha1) if entry else None
             answer.append({"path": path, "uploadMode": mode, "shouldIgnore": ignored(path), "oid": oid})

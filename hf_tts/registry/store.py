@@ -108,11 +108,12 @@ LARGE_FILE_SUFFIXES = frozenset(
 )
 
 
-def is_large_file(path: str, size: int) -> bool:
-    """Whether the Hub would have this file uploaded as a large file (preupload answers "lfs"): over 10 MiB, or a
-    binary weight/array/audio format (empty files stay regular: the client sends those inline anyway)."""
+def is_large_file(path: str, size: int, sample: bytes = b"") -> bool:
+    """Whether the Hub would have this file uploaded as a large file (preupload answers "lfs"): over 10 MiB, a
+    binary weight/array/audio format, or binary content (a NUL byte in the `sample` of its first bytes the client
+    sends). Empty files stay regular: the client sends those inline anyway."""
     suffix = path[path.rfind(".") :].lower() if "." in path.rsplit("/", 1)[-1] else ""
-    return size > LARGE_FILE_BYTES or (size > 0 and suffix in LARGE_FILE_SUFFIXES)
+    return size > LARGE_FILE_BYTES or (size > 0 and (suffix in LARGE_FILE_SUFFIXES or b"\0" in sample))
 
 
 def lfs_pointer(sha256: str, size: int) -> bytes:
