@@ -182,3 +182,25 @@ def test_upstream_f5_sources_are_memory_mapped(tmp_path, monkeypatch, caplog):
     reference = (expected / "model.safetensors").read_bytes()
     assert (mapped / "model.safetensors").read_bytes() == reference
     assert (legacy_merge / "model.safetensors").read_bytes() == reference
+
+
+def test_folder_configs_agree_with_defaults_filled_in_and_are_validated(tmp_path):
+    """Configs are compared with their defaults filled in: a field written out at its default in one source and left
+    out in the other still agrees; a source whose config is invalid is refused (also by a dry run), nothing
+    written."""
+    first = make_f5_folder(tmp_path / "a", 1)
+    second = make_f5_folder(tmp_path / "b", 2)
+    config = json.loads((second / "config.json").read_text())
+    assert "chunk_size_feed_forward" not in config  # save_pretrained leaves defaults out
+    config["chunk_size_feed_forward"] = 0  # the default, written out
+    (second / "config.json").write_text(json.dumps(config))
+    path, _ = hf_tts.merge([first, second], out_dir=tmp_path / "out")
+    assert (path / "model.safetensors").is_file()
+
+    config["cfg_strength"] = float("inf")  # not structural (the files still agree), but invalid
+    (second / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError, match="cfg_strength"):
+        hf_tts.merge([first, second], out_dir=tmp_path / "bad")
+    assert sorted(item.name for item in tmp_path.iterdir()) == ["a", "b", "out"]
+    with pytest.raises(InputError, match="cfg_strength"):
+        hf_tts.merge([first, second], out_dir=tmp_path / "bad", dry_run=True)

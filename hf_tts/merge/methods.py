@@ -545,19 +545,24 @@ def model_stock(base: torch.Tensor, tensors: Sequence[torch.Tensor], filter_wise
     rows, length = vectors_b.shape
     gram = torch.zeros(rows, count, count, dtype=torch.float64)
     step = max(1, REDUCE_CHUNK // max(length, 1)) if filter_wise else 1
-    for start in range(0, rows, step):
-        if filter_wise:
+    if filter_wise:
+        for start in range(0, rows, step):
             deltas = (
                 torch.stack([x.reshape(rows, length)[start : start + step].double() for x in tensors])
                 - vectors_b[start : start + step].double()
             )
             gram[start : start + step] += torch.einsum("irl,jrl->rij", deltas, deltas)
-        else:
-            flat_b = vectors_b[0]
-            for i in _chunks(length):
-                deltas = torch.stack([x.reshape(-1)[i : i + REDUCE_CHUNK].double() for x in tensors])
-                deltas -= flat_b[i : i + REDUCE_CHUNK].double()
-                gram[0] += deltas @ deltas.T
+    else:
+        # One fp64 buffer for every chunk: each row takes a source's chunk (converted exactly by the copy), then the
+        # base is subtracted in fp64.
+        flat_b = vectors_b[0]
+        buffer = torch.empty(count, min(REDUCE_CHUNK, length), dtype=torch.float64)
+        for i in _chunks(length):
+            deltas = buffer[:, : min(REDUCE_CHUNK, length - i)]
+            for row, x in zip(deltas, tensors):
+                row.copy_(x.reshape(-1)[i : i + REDUCE_CHUNK])
+            deltas -= flat_b[i : i + REDUCE_CHUNK]
+            gram[0] += deltas @ deltas.T
     norms = torch.diagonal(gram, dim1=1, dim2=2).sqrt()
     cosines = []
     for i in range(count):
