@@ -6,10 +6,11 @@ for upstream: `torch==2.13.0` first, the CPU wheel this project pins, then merge
 are the inputs of every method both tools have: two sources and a base for the task-vector methods, model_stock,
 sce; all three for linear, multislerp and karcher; two for slerp and nuslerp; one source and the base for nearswap.
 Each run is a child process: time is its wall time (interpreter start-up included for both), memory its peak
-anonymous RSS (RssAnon sampled every 10 ms; memory-mapped input pages are file-backed and not counted). Prints the
-figures, hf-tts / mergekit ratios and, for deterministic methods, the largest difference between the two outputs.
+anonymous RSS (RssAnon sampled every 10 ms; memory-mapped input pages are file-backed and not counted). With
+`--rounds N` both tools run N times per method, alternating; times are medians (this machine's speed drifts by a
+third between minutes), memory the largest peak. Prints the figures, hf-tts / mergekit ratios and, for deterministic methods, the largest difference between the two outputs.
 
-    python scripts/bench_merge.py [--quick] [--methods linear,ties,...] [--workdir DIR] [--venv DIR]
+    python scripts/bench_merge.py [--quick] [--methods linear,ties,...] [--rounds N] [--workdir DIR] [--venv DIR]
     python scripts/bench_merge.py --against-snippet [--quick] [--cold] [--rounds 3] [--sources 4]
 
 Against the snippet (`--against-snippet`, the original benchmark):
@@ -320,6 +321,14 @@ def run_measured(command: list[str], allow_failure: bool = False) -> dict:
     return {"seconds": seconds, "anon_mib": peak / 1024}
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The median time and the largest peak memory of repeated runs (the first failure, if one failed)."""
+    failed = [run for run in runs if "error" in run]
+    if failed:
+        return failed[0]
+    return {"seconds": statistics.median(run["seconds"] for run in runs), "anon_mib": max(r["anon_mib"] for r in runs)}
+
+
 def mergekit_config(method: str, sources: list[str], base: str | None, parameters: dict, per_model: dict) -> str:
     import json as json_module
 
@@ -340,6 +349,7 @@ def mergekit_main(argv: list[str]) -> None:
     parser.add_argument("--methods", help="comma-separated subset of the shared methods")
     parser.add_argument("--workdir", help="where to put the synthetic checkpoints (default: a temp folder)")
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="mergekit virtualenv (created if missing)")
+    parser.add_argument("--rounds", type=int, default=1, help="alternating runs of both tools per method (medians)")
     args = parser.parse_args(argv)
     names = args.methods.split(",") if args.methods else list(SHARED_METHODS)
     unknown = [name for name in names if name not in SHARED_METHODS]
@@ -381,15 +391,20 @@ def mergekit_main(argv: list[str]) -> None:
             ours_out, theirs_out = workdir / "ours", workdir / "theirs"
             sources = [str(folder) for folder in folders[:count]]
             base = [str(folders[2])] if with_base else []
-            ours = run_measured(
-                [sys.executable, "-c", HF_TTS_MERGE, *sources, *(["--base", *base] if base else []), "--method",
-                 method, *options, "--out", str(ours_out)]
-            )  # fmt: skip
             config = workdir / "mergekit.yml"
             config.write_text(
                 mergekit_config(method, files[:count], files[2] if with_base else None, parameters, per_model)
             )
-            theirs = run_measured([mergekit_cli, str(config), str(theirs_out)], allow_failure=True)
+            ours_runs, theirs_runs = [], []
+            for _ in range(args.rounds):  # alternating, so a slow spell of the machine hits both
+                shutil.rmtree(ours_out, ignore_errors=True)
+                shutil.rmtree(theirs_out, ignore_errors=True)
+                ours_runs.append(run_measured(
+                    [sys.executable, "-c", HF_TTS_MERGE, *sources, *(["--base", *base] if base else []), "--method",
+                     method, *options, "--out", str(ours_out)]
+                ))  # fmt: skip
+                theirs_runs.append(run_measured([mergekit_cli, str(config), str(theirs_out)], allow_failure=True))
+            ours, theirs = median_run(ours_runs), median_run(theirs_runs)
             difference = "random"
             if "error" in theirs:
                 difference = "mergekit failed"

@@ -310,12 +310,17 @@ def multislerp(
     coefficients = [weight / total for weight in weights]
 
     def vector(x: torch.Tensor) -> torch.Tensor:
-        return x.to(dtype, copy=True) if base is None else x.to(dtype).sub(base)
+        """v = x - b, or x itself (read only) without a base."""
+        return x.to(dtype) if base is None else x.to(dtype).sub(base)
 
-    norms = [norm64(vector(x)) for x in tensors]
+    # Each task vector is made once: its norm, then its share of the mean.
+    norms = []
     mean = torch.zeros(tensors[0].shape, dtype=dtype)
-    for x, coefficient, norm in zip(tensors, coefficients, norms):
-        mean.add_(vector(x), alpha=coefficient / (norm + eps))
+    for x, coefficient in zip(tensors, coefficients):
+        v = vector(x)
+        norms.append(norm64(v))
+        mean.add_(v, alpha=coefficient / (norms[-1] + eps))
+        del v
     mean_norm = norm64(mean)
     if mean_norm < eps:
         if len(tensors) != 2:
@@ -323,7 +328,7 @@ def multislerp(
                 f"multislerp: the weighted unit vectors of tensor {key!r} cancel out (antipodal sources whose weights "
                 "balance); change the weights"
             )
-        result = vector(tensors[0]).mul_(coefficients[0]).add_(vector(tensors[1]), alpha=coefficients[1])
+        result = vector(tensors[0]).mul(coefficients[0]).add_(vector(tensors[1]), alpha=coefficients[1])
     else:
         scale = math.fsum(c * n for c, n in zip(coefficients, norms))
         result = mean.mul_(math.cos(eps) * scale / mean_norm)
