@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,8 @@ from safetensors.torch import load_file, save_file
 
 import hf_tts
 from hf_tts.cli import main
+from hf_tts.hub.cards import retarget_model_card, usage_snippet
+from hf_tts.hub.push import push_folder
 from hf_tts.merge.specs import SPECS
 
 
@@ -133,8 +137,9 @@ def test_source_card_metadata_wins(models, tmp_path):
     assert card.data.pipeline_tag == "text-classification" and card.data.license == "mit"
 
 
-def test_bare_safetensors_files_merge(models, tmp_path):
-    """State dicts without any config: merged key by key into a model.safetensors with a generic card."""
+def test_bare_safetensors_files_merge(models, tmp_path, local_hub):
+    """State dicts without any config: merged key by key into a model.safetensors with a generic card whose usage
+    snippet loads the weights from the folder and, once pushed, from the Hub."""
     files = []
     for index, folder in enumerate(models["llama"]):
         target = tmp_path / f"state{index}.safetensors"
@@ -148,6 +153,13 @@ def test_bare_safetensors_files_merge(models, tmp_path):
     card = ModelCard.load(path / "README.md")
     assert card.data.library_name == "safetensors" and "load_file" in card.text
     assert weights(path).keys() == load_file(files[0]).keys()
+    expected = f"{len(weights(path))} tensors"
+    for model_id in ("./out", "user/bare-merge"):
+        if model_id != "./out":
+            push_folder(path, model_id)
+        snippet = usage_snippet(retarget_model_card(card.content, model_id))
+        run = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True)
+        assert run.returncode == 0 and run.stdout.strip() == expected, run.stderr[-1500:]
 
 
 def test_push_generic_merge(models, tmp_path, local_hub):
