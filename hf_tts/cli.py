@@ -57,6 +57,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a tool killed by a closed pipe reports
 
 # OSError numbers that describe the user's files or machine, not a bug.
 _ENVIRONMENT_ERRNOS = {
@@ -156,6 +157,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{command}: interrupted; no output was written", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise
+        # The reader of stdout went away (`hf-tts presets | head -1`): stop quietly, as command-line tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return EXIT_BROKEN_PIPE
     except Exception as error:
         message = expected_error_message(error)
         if message is None:
@@ -172,6 +179,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     finally:
         _restore_signal_handlers(previous)
+
+
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe whose reader has gone (polling its end reports an error), so that an EPIPE
+    from anything else (a socket) is still reported."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 @contextlib.contextmanager

@@ -284,3 +284,19 @@ def test_attach_vocoder_refuses_other_folder_kinds(capsys, motion_dir, tmp_path)
     code, _, err = run(capsys, "attach-vocoder", model, f5_dir(), "--out", tmp_path / "o")
     assert code == 2 and "is a F5-TTS" in err and "not a Vocos vocoder" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_closed_stdout_pipe_ends_the_command_quietly():
+    # `hf-tts presets | head -1`: the reader has gone before the command writes; no traceback, exit 141 (SIGPIPE).
+    import subprocess
+
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "hf_tts.cli", "presets"], stdout=writer, stderr=subprocess.PIPE, timeout=120
+        )
+    finally:
+        os.close(writer)
+    assert result.returncode == 141, result.stderr.decode()[-2000:]
+    assert result.stderr == b""
