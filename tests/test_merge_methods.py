@@ -250,6 +250,18 @@ def test_random_methods_are_seeded_and_rescale_to_the_l1_norm(tensors, method):
     _check(first, expected)
 
 
+@pytest.mark.parametrize("method", ["dare_ties", "della"])
+def test_random_pruning_in_chunks_draws_what_one_whole_draw_would(tensors, method, monkeypatch):
+    # DARE and DELLA prune in chunks of REDUCE_CHUNK elements (whole rows for DELLA) to bound memory; the seeded
+    # generator draws in order, so the chunk size must not change a single kept entry.
+    base, a, b = tensors["base"], tensors["a"], tensors["b"]
+    parameters = MergeParameters(normalize=True, density=0.4, rescale=True, epsilon=0.1, seed=3)
+    whole = methods.task_vector_merge(method, base, [a, b], [1.0, 0.5], parameters, "w")
+    monkeypatch.setattr(methods, "REDUCE_CHUNK", 7 * base.shape[-1] + 3)  # several chunks, not on row boundaries
+    chunked = methods.task_vector_merge(method, base, [a, b], [1.0, 0.5], parameters, "w")
+    assert torch.equal(whole, chunked)
+
+
 def test_della_keeps_large_entries_more_often():
     generator = torch.Generator().manual_seed(3)
     base = torch.zeros(64, 400)
