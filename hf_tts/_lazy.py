@@ -23,3 +23,15 @@ def lazy_getattr(package: str, names: dict[str, str], modules: tuple[str, ...] =
         return value
 
     return __getattr__
+
+
+def lazy_model_folder(
+    package: str, configuration: tuple[str, ...], modeling: tuple[str, ...]
+) -> tuple[list[str], Callable[[str], Any]]:
+    """`__all__` and `__getattr__` of a model folder `hf_tts.models.NAME`: the `configuration` names come from its
+    `configuration_NAME` module and the `modeling` names from `modeling_NAME`, each on first use, so reading a config
+    never imports the modeling code."""
+    name = package.rsplit(".", 1)[-1]
+    names = {item: f"{package}.configuration_{name}" for item in configuration}
+    names.update({item: f"{package}.modeling_{name}" for item in modeling})
+    return sorted(names), lazy_getattr(package, names)
