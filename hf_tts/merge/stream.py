@@ -186,6 +186,40 @@ def _chunk_statistics(
     return dots, squared_norms, torch.dot(merged, merged).item()
 
 
+def _linear_coefficients(plan: MergePlan, task: TensorTask) -> list[float] | None:
+    """c with merge = sum_i c_i input_i (the sources, then the base), for the methods whose merge is that linear
+    combination (linear, task arithmetic); None for the others."""
+    method, parameters = plan.recipe.method, plan.parameters
+    weights = list(task.weights)
+    divisor = math.fsum(weights) if parameters.normalize else 1.0
+    if method not in ("linear", "task_arithmetic") or divisor == 0:
+        return None
+    if method == "linear":
+        return [weight / divisor for weight in weights]
+    coefficients = [parameters.scale * weight / divisor for weight in weights]
+    return [*coefficients, 1.0 - math.fsum(coefficients)]
+
+
+def _gram_statistics(
+    labels: list[str],
+    inputs: torch.Tensor,
+    merged: torch.Tensor,
+    coefficients: list[float],
+    key: str,
+    source_count: int,
+) -> tuple[list[float], list[float], float]:
+    """`_chunk_statistics` of a merge that is the linear combination `coefficients` of the input rows, with one pass
+    over the inputs instead of two: their Gram matrix G gives |input|^2 (its diagonal) and source . merge (G c).
+    |merge|^2 comes from the merged values themselves, since it also guards against overflow in computing them."""
+    gram = inputs @ inputs.T
+    squared_norms = torch.diagonal(gram).tolist()
+    for index, squared_norm in enumerate(squared_norms):
+        if not math.isfinite(squared_norm) and not torch.isfinite(inputs[index]).all():
+            raise InputError(f"{labels[index]}: tensor {key!r} contains NaN or Inf; fix or drop that checkpoint")
+    products = gram[:source_count] @ torch.tensor(coefficients, dtype=gram.dtype)
+    return products.tolist(), squared_norms, torch.dot(merged, merged).item()
+
+
 @dataclass(frozen=True)
 class SliceJob:
     """Elements `start:start + count` of one tensor: the unit of work a merge worker takes."""
@@ -244,7 +278,11 @@ class _SliceWorker:
             _, flats, whole = self._whole
             inputs = torch.stack([flat[job.start : job.start + job.count] for flat in flats])
             merged = whole[job.start : job.start + job.count]
-        statistics = _chunk_statistics(self.labels, inputs, merged, task.key, len(self.plan.sources))
+        coefficients = _linear_coefficients(self.plan, task) if self.elementwise else None
+        if coefficients is None:
+            statistics = _chunk_statistics(self.labels, inputs, merged, task.key, len(self.plan.sources))
+        else:
+            statistics = _gram_statistics(self.labels, inputs, merged, coefficients, task.key, len(self.plan.sources))
         out = merged.to(task.out_dtype)
         _check_output_finite(self.plan, task, out, statistics[2])
         return out, statistics
