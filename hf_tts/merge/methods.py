@@ -174,8 +174,10 @@ def nearswap(base: torch.Tensor, tensor: torch.Tensor, t: float) -> torch.Tensor
     dtype = accumulator_dtype(base.dtype, tensor.dtype)
     b = base.to(dtype)
     x = tensor.to(dtype)
-    weight = (b - x).abs_().clamp_(min=1e-6).reciprocal_().mul_(t).clamp_(0.0, 1.0)
-    return x.mul(weight).add_(b.mul(weight.neg_().add_(1.0)))
+    weight = (b - x).abs_().clamp_(min=1e-6)
+    torch.div(torch.tensor(t, dtype=dtype), weight, out=weight).clamp_(0.0, 1.0)
+    # lerp: b + w (x - b) in one pass (the same value as w x + (1 - w) b, to rounding).
+    return torch.lerp(b, x, weight)
 
 
 # ---------------------------------------------------------------------------------------------------- spherical
