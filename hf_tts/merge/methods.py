@@ -581,6 +581,12 @@ def model_stock(base: torch.Tensor, tensors: Sequence[torch.Tensor], filter_wise
     denominator = 1 + (count - 1) * cos
     singular = denominator.abs() < 1e-6
     t = torch.where(singular, 0.0, count * cos / torch.where(singular, 1.0, denominator)).to(dtype)
+    if rows == 1:  # one t for the tensor: (1 - t) b + (t / n) sum_i x_i, in n + 1 passes and one buffer
+        scalar = float(t[0])
+        result = torch.mul(b, 1.0 - scalar)
+        for x in tensors:
+            result.add_(x.to(dtype), alpha=scalar / count)
+        return result
     average = torch.zeros_like(b)
     for x in tensors:
         average.add_(x.to(dtype))
