@@ -169,20 +169,20 @@ def chunk_elements(input_count: int) -> int:
 
 
 def _chunk_statistics(
-    labels: list[str], inputs: torch.Tensor, merged: torch.Tensor, key: str, source_count: int
+    labels: list[str], inputs: Sequence[torch.Tensor], merged: torch.Tensor, key: str, source_count: int
 ) -> tuple[list[float], list[float], float]:
-    """(source . merge, |input|^2, |merge|^2) of one slice (`inputs` stacked, one row per input), read while it is
-    still in the cache.
+    """(source . merge, |input|^2, |merge|^2) of one slice (`inputs`: one row per input, stacked or as views of the
+    whole tensors, which are then never copied), read while it is still in the cache.
 
     The squared norms double as the NaN/Inf check: a NaN or Inf entry makes the norm non-finite (whatever the merge
     weights, a zero weight included), and only then, or when finite values overflow it, is the exact check run.
     """
-    inputs = inputs.to(merged.dtype)
-    squared_norms = torch.linalg.vector_norm(inputs, dim=1).square_().tolist()
+    rows = [row.to(merged.dtype) for row in inputs]
+    squared_norms = [torch.dot(row, row).item() for row in rows]
     for index, squared_norm in enumerate(squared_norms):
-        if not math.isfinite(squared_norm) and not torch.isfinite(inputs[index]).all():
+        if not math.isfinite(squared_norm) and not torch.isfinite(rows[index]).all():
             raise InputError(f"{labels[index]}: tensor {key!r} contains NaN or Inf; fix or drop that checkpoint")
-    dots = torch.mv(inputs[:source_count], merged).tolist()
+    dots = [torch.dot(row, merged).item() for row in rows[:source_count]]
     return dots, squared_norms, torch.dot(merged, merged).item()
 
 
@@ -276,7 +276,7 @@ class _SliceWorker:
                 merged_whole = _merge(self.plan, task, tensors, None).reshape(-1)
                 self._whole = (task.key, [tensor.reshape(-1) for tensor in tensors], merged_whole)
             _, flats, whole = self._whole
-            inputs = torch.stack([flat[job.start : job.start + job.count] for flat in flats])
+            inputs = [flat[job.start : job.start + job.count] for flat in flats]
             merged = whole[job.start : job.start + job.count]
         coefficients = _linear_coefficients(self.plan, task) if self.elementwise else None
         if coefficients is None:
