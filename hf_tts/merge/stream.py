@@ -168,6 +168,14 @@ def chunk_elements(input_count: int) -> int:
     return min(CHUNK_ELEMENTS, max(MIN_CHUNK_ELEMENTS, SLICE_BUDGET_ELEMENTS // max(input_count, 1)))
 
 
+def _check_inputs_finite(labels: list[str], rows: Sequence[torch.Tensor], squared_norms: list[float], key: str) -> None:
+    """Name the input holding NaN or Inf. Only a non-finite squared norm can mean one (finite values may also
+    overflow it), so only then are the values themselves checked."""
+    for index, squared_norm in enumerate(squared_norms):
+        if not math.isfinite(squared_norm) and not torch.isfinite(rows[index]).all():
+            raise InputError(f"{labels[index]}: tensor {key!r} contains NaN or Inf; fix or drop that checkpoint")
+
+
 def _chunk_statistics(
     labels: list[str], inputs: Sequence[torch.Tensor], merged: torch.Tensor, key: str, source_count: int
 ) -> tuple[list[float], list[float], float]:
@@ -179,9 +187,7 @@ def _chunk_statistics(
     """
     rows = [row.to(merged.dtype) for row in inputs]
     squared_norms = [torch.dot(row, row).item() for row in rows]
-    for index, squared_norm in enumerate(squared_norms):
-        if not math.isfinite(squared_norm) and not torch.isfinite(rows[index]).all():
-            raise InputError(f"{labels[index]}: tensor {key!r} contains NaN or Inf; fix or drop that checkpoint")
+    _check_inputs_finite(labels, rows, squared_norms, key)
     dots = [torch.dot(row, merged).item() for row in rows[:source_count]]
     return dots, squared_norms, torch.dot(merged, merged).item()
 
@@ -213,9 +219,7 @@ def _gram_statistics(
     |merge|^2 comes from the merged values themselves, since it also guards against overflow in computing them."""
     gram = inputs @ inputs.T
     squared_norms = torch.diagonal(gram).tolist()
-    for index, squared_norm in enumerate(squared_norms):
-        if not math.isfinite(squared_norm) and not torch.isfinite(inputs[index]).all():
-            raise InputError(f"{labels[index]}: tensor {key!r} contains NaN or Inf; fix or drop that checkpoint")
+    _check_inputs_finite(labels, inputs, squared_norms, key)
     products = gram[:source_count] @ torch.tensor(coefficients, dtype=gram.dtype)
     return products.tolist(), squared_norms, torch.dot(merged, merged).item()
 
