@@ -138,6 +138,17 @@ def test_operations_apply_in_order_and_unchanged_files_make_no_commit(local_hub)
     files = {item["path"]: item for item in json.loads(data)["files"]}
     assert files["a.txt"]["oid"] == git_sha1(b"a2") and files["z.txt"]["oid"] is None
     assert all(item["uploadMode"] == "regular" and item["shouldIgnore"] is False for item in files.values())
+    # The sample decides binary content; one that is not base64, not a string, or too long says nothing.
+    samples = {"bin.dat": "AAE=", "bad.dat": "%%not base64", "typed.dat": 5, "long.dat": "AA" * 5000}
+    response, data = request(
+        local_hub,
+        "POST",
+        "/api/models/org/ops/preupload/main",
+        json.dumps({"files": [{"path": p, "sample": v, "size": 2} for p, v in samples.items()]}).encode(),
+        {"Content-Type": "application/json"},
+    )
+    modes = {item["path"]: item["uploadMode"] for item in json.loads(data)["files"]}
+    assert modes == {"bin.dat": "lfs", "bad.dat": "regular", "typed.dat": "regular", "long.dat": "regular"}
     # A .gitignore sent with the preupload marks matching files to ignore.
     response, data = request(
         local_hub,
