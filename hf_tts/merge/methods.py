@@ -39,8 +39,9 @@ SPARSIFICATION = {
 # Above this |cos| two tensors are treated as colinear and SLERP falls back to linear interpolation (mergekit).
 SLERP_DOT_THRESHOLD = 0.9995
 SLERP_NORM_EPS = 1e-8
-# Elements per chunk of the fp64 reductions (8 MiB of fp64 per operand).
-REDUCE_CHUNK = 1 << 20
+# Elements per chunk of the fp64 reductions and scratch buffers: 256 KiB of fp64 per operand, so a chunk stays in the
+# core's L2 cache between the passes over it (1M-element chunks measured 1.3x-2x slower for model_stock and SLERP).
+REDUCE_CHUNK = 1 << 15
 RESCALE_EPS = 1e-7  # mergekit's rescaled_masked_tensor: norms below this are not rescaled
 
 
