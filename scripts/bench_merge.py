@@ -246,8 +246,9 @@ SHARED_METHODS: dict[str, tuple[int, bool, list[str], dict, dict]] = {
 RANDOM_METHODS = ("dare_linear", "dare_ties", "della", "della_linear")
 HF_TTS_MERGE = """
 import sys
-from hf_tts.cli import main
-sys.exit(main(["merge", *sys.argv[1:]]))
+from hf_tts.cli import run
+sys.argv[1:1] = ["merge"]
+run()  # what the `hf-tts` program runs
 """
 MAX_DIFFERENCE = """
 import json, sys
@@ -381,7 +382,7 @@ def mergekit_main(argv: list[str]) -> None:
             "import sys; from hf_tts.file_utils import sha256_file; [sha256_file(p, cache=True) for p in sys.argv[1:]]"
         )
         subprocess.run([sys.executable, "-c", prehash, *files], check=True)
-        header = f"{'method':<18}{'hf-tts s':>10}{'mergekit s':>12}{'time x':>8}{'hf-tts MiB':>12}{'mergekit MiB':>14}{'mem x':>7}{'max |diff|':>12}"
+        header = f"{'method':<18}{'hf-tts s':>10}{'mergekit s':>12}{'time x':>8}{'hf-tts MiB':>12}{'mergekit MiB':>14}{'mem x':>7} {'max |diff|':>12}"
         print(header)
         rows = []
         failures: list[str] = []
@@ -425,7 +426,7 @@ def mergekit_main(argv: list[str]) -> None:
             rows.append((method, time_ratio, memory_ratio, ours["anon_mib"] - idle))
             print(
                 f"{method:<18}{ours['seconds']:>10.2f}{theirs['seconds']:>12.2f}{time_ratio:>8.2f}"
-                f"{ours['anon_mib']:>12.0f}{theirs['anon_mib']:>14.0f}{memory_ratio:>7.2f}{difference:>12}",
+                f"{ours['anon_mib']:>12.0f}{theirs['anon_mib']:>14.0f}{memory_ratio:>7.2f} {difference:>12}",
                 flush=True,
             )
         print(
@@ -436,7 +437,8 @@ def mergekit_main(argv: list[str]) -> None:
             print(f"mergekit failed on {failure}")
         for worst in worst_keys:
             print(f"largest difference above 1e-6 at {worst}")
-        missed = [row[0] for row in rows if not (row[1] <= 0.5 and row[2] <= 1 / 3)]
+        completed = [row for row in rows if math.isfinite(row[1])]  # not the methods mergekit failed on
+        missed = [row[0] for row in completed if not (row[1] <= 0.5 and row[2] <= 1 / 3)]
         over = [row[0] for row in rows if row[3] > 512]
         print(f"targets missed: {', '.join(missed) or 'none'}; above 0.5 GB over idle: {', '.join(over) or 'none'}")
     finally:

@@ -62,3 +62,33 @@ def test_console_script_converts(tmp_path):
     assert again.returncode == 2
     assert again.stderr.count("\n") == 1 and "is F5-TTS (DiT) but --arch E2TTS_Base is E2-TTS (UNetT)" in again.stderr
     assert not (tmp_path / "other").exists()
+
+
+EXIT_PROGRAM = """
+import atexit, sys, threading, time
+from hf_tts.cli import _exit_without_teardown
+atexit.register(lambda: print("exit handler ran"))
+print("buffered result line")  # stdout is a pipe: block-buffered, only flushed at exit
+if sys.argv[1] == "thread":
+    def late_write():
+        time.sleep(0.3)
+        open(sys.argv[2], "w").write("written after the command returned")
+    threading.Thread(target=late_write).start()
+_exit_without_teardown(3)
+"""
+
+
+@pytest.mark.parametrize("with_thread", [False, True])
+def test_exit_without_teardown_keeps_output_handlers_and_threads(tmp_path, with_thread):
+    # The console script skips module teardown after the command; buffered output, exit handlers and the exit code
+    # must survive that, and a non-daemon thread still running must finish first.
+    marker = tmp_path / "late.txt"
+    result = subprocess.run(
+        [sys.executable, "-c", EXIT_PROGRAM, "thread" if with_thread else "none", str(marker)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    assert result.stdout.splitlines() == ["buffered result line", "exit handler ran"]
+    assert marker.exists() == with_thread
+    if with_thread:
+        assert marker.read_text() == "written after the command returned"
