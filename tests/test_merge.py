@@ -553,3 +553,49 @@ def test_nan_in_a_later_slice_refused_even_with_zero_weight(folders, tmp_path, m
     with pytest.raises(InputError, match=rf"source 2 .*: tensor '{key}' contains NaN or Inf"):
         hf_tts.merge([folders[0], broken], out_dir=tmp_path / "out", layer_weights=[f"^{re.escape(key)}$=1,{weight}"])
     assert not (tmp_path / "out").exists()
+
+
+def _distances64(sources: list[Path], merged: Path) -> dict[str, list[float]]:
+    """Per block, 1 - cos(source, merge) over the block's merged float tensors, accumulated in fp64 from the files."""
+    from hf_tts.merge.stream import block_name
+
+    output = weights(merged)
+    inputs = [weights(source) for source in sources]
+    sums: dict[str, list[list[float]]] = {}
+    for key, value in output.items():
+        if not value.is_floating_point() or all(torch.equal(state[key], value) for state in inputs):
+            continue  # copied unchanged (buffers): no statistics
+        block = sums.setdefault(block_name(key), [[0.0, 0.0] for _ in inputs] + [[0.0]])
+        merged64 = value.double().reshape(-1)
+        for row, state in zip(block, inputs):
+            source64 = state[key].double().reshape(-1)
+            row[0] += float(source64 @ merged64)
+            row[1] += float(source64 @ source64)
+        block[-1][0] += float(merged64 @ merged64)
+    return {
+        block: [1.0 - dot / math.sqrt(norm * rows[-1][0]) for dot, norm in rows[:-1]] for block, rows in sums.items()
+    }
+
+
+@pytest.mark.parametrize("chunk", [None, 100])
+def test_model_stock_distances_match_the_files(folders, tmp_path, monkeypatch, chunk):
+    """A whole-tensor method's distance statistics (taken slice by slice from views of the whole tensors) equal the
+    source/merge cosines computed from the files in fp64, whole or in slices of 100 elements."""
+    import hf_tts.merge.stream as stream
+
+    if chunk:
+        monkeypatch.setattr(stream, "CHUNK_ELEMENTS", chunk)
+    path, report = hf_tts.merge(folders[:3], method="model_stock", base=folders[3], out_dir=tmp_path / "out")
+    expected = _distances64(folders[:3], path)
+    assert set(report.distances) == set(expected)
+    for block, row in expected.items():
+        np.testing.assert_allclose(report.distances[block], row, rtol=1e-5, atol=1e-7)
+
+
+def test_model_stock_names_a_source_with_nan(folders, tmp_path):
+    broken = make_f5_folder(tmp_path / "broken", 1)
+    key = max(weights(broken).items(), key=lambda item: item[1].numel())[0]
+    rewrite_weights(broken, lambda state: state[key].view(-1).__setitem__(-1, float("nan")))
+    with pytest.raises(InputError, match=rf"source 2 .*: tensor '{key}' contains NaN or Inf"):
+        hf_tts.merge([folders[0], broken], method="model_stock", base=folders[3], out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
