@@ -599,3 +599,21 @@ def test_model_stock_names_a_source_with_nan(folders, tmp_path):
     with pytest.raises(InputError, match=rf"source 2 .*: tensor '{key}' contains NaN or Inf"):
         hf_tts.merge([folders[0], broken], method="model_stock", base=folders[3], out_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_merge_command_pauses_the_cyclic_gc_and_restores_it(tmp_path, monkeypatch, folders):
+    import gc
+
+    import hf_tts.merge as merge_module
+    from hf_tts.cli import main
+
+    seen = []
+
+    def recording_merge(*args, **kwargs):
+        seen.append(gc.isenabled())
+        raise InputError("stop here")
+
+    monkeypatch.setattr(merge_module, "merge", recording_merge)
+    assert gc.isenabled()
+    assert main(["merge", str(folders[0]), str(folders[1]), "--out", str(tmp_path / "out")]) == 2
+    assert seen == [False] and gc.isenabled()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
+from collections.abc import Iterator
 
 from hf_tts.commands._options import bounded_float, bounded_int
 from hf_tts.merge.specs import (
@@ -145,7 +148,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+@contextlib.contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector (reference counting still frees everything the merge makes). A merge
+    makes no cycles worth collecting, but each time the collector's thresholds trip it traverses every object the
+    imports created (torch, transformers: hundreds of thousands): 0.25 s of a 4 s merge."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def run(args: argparse.Namespace) -> int:
+    with _cyclic_gc_paused():
+        return _merge(args)
+
+
+def _merge(args: argparse.Namespace) -> int:
     from hf_tts.errors import InputError
     from hf_tts.merge import METHOD_PARAMETER_NAMES, merge
 
