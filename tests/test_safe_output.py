@@ -165,17 +165,19 @@ _HOLD_BEFORE_COMMIT = textwrap.dedent(
     import hf_tts.safe_output as safe_output
 
     commit = safe_output._Staging.commit
+    ready, hold, command = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3:]
 
     def held_commit(self, overwrite):
         if self.kind == "dir":  # the output folder, not the hash-cache files written on the way
-            Path(sys.argv[1]).write_text("ready")
-            time.sleep(float(sys.argv[2]))
+            ready.write_text("ready")
+            time.sleep(hold)
         commit(self, overwrite)
 
     safe_output._Staging.commit = held_commit
-    from hf_tts.cli import main
+    from hf_tts.cli import run
 
-    sys.exit(main(sys.argv[3:]))
+    sys.argv[1:] = command
+    run()  # what the `hf-tts` program runs
     """
 )
 
