@@ -563,15 +563,21 @@ def model_stock(base: torch.Tensor, tensors: Sequence[torch.Tensor], filter_wise
             gram[start : start + step] += torch.einsum("irl,jrl->rij", deltas, deltas)
     else:
         # One fp64 buffer for every chunk: each row takes a source's chunk (converted exactly by the copy), then the
-        # base is subtracted in fp64.
-        flat_b = vectors_b[0]
-        buffer = torch.empty(count, min(REDUCE_CHUNK, length), dtype=torch.float64)
-        for i in _chunks(length):
-            deltas = buffer[:, : min(REDUCE_CHUNK, length - i)]
-            for row, x in zip(deltas, tensors):
-                row.copy_(x.reshape(-1)[i : i + REDUCE_CHUNK])
-            deltas -= flat_b[i : i + REDUCE_CHUNK]
-            gram[0] += deltas @ deltas.T
+        # base is subtracted in fp64. The chunks are cut by one `split` per tensor and the Gram matrix grows in
+        # place, so each chunk costs few Python-level calls: the merge threads share the GIL, and with more calls
+        # per chunk they wait on each other (46 against 30 ms per 6.3M-element tensor on two threads).
+        size = min(REDUCE_CHUNK, length)
+        deltas = torch.empty(count, size, dtype=torch.float64)
+        delta_rows = list(deltas)
+        gram_matrix = gram[0]
+        for base_chunk, *chunks in zip(vectors_b[0].split(size), *(x.reshape(-1).split(size) for x in tensors)):
+            if base_chunk.numel() != size:  # the last, shorter chunk
+                deltas = deltas[:, : base_chunk.numel()]
+                delta_rows = list(deltas)
+            for row, chunk in zip(delta_rows, chunks):
+                row.copy_(chunk)
+            deltas -= base_chunk
+            gram_matrix.addmm_(deltas, deltas.T)
     norms = torch.diagonal(gram, dim1=1, dim2=2).sqrt()
     cosines = []
     for i in range(count):
