@@ -232,6 +232,27 @@ def test_model_stock_sce_nearswap(tensors):
     _check(methods.nearswap(base, a, 0.2), weight * _np(a) + (1 - weight) * _np(base))
 
 
+@pytest.mark.parametrize("filter_wise", [False, True])
+def test_model_stock_statistics_from_its_gram_matrix(tensors, monkeypatch, filter_wise):
+    """The distance statistics model_stock derives from its Gram matrix (no second pass over the inputs) equal
+    source . merge, |input|^2 and |merge|^2 computed in fp64 from the inputs and the fp64 reference merge; also when
+    the Gram pass runs in several chunks (and rows) per tensor."""
+    monkeypatch.setattr(methods, "REDUCE_CHUNK", 100)
+    a, b, c, base = (tensors[k] for k in ("a", "b", "c", "base"))
+    merged, (dots, squared_norms, merged_squared) = methods.model_stock_with_statistics(base, [a, b, c], filter_wise)
+    expected = _model_stock64(_np(base), [_np(a), _np(b), _np(c)], rows=filter_wise)
+    _check(merged, expected)
+    inputs = [_np(a), _np(b), _np(c), _np(base)]
+    np.testing.assert_allclose(dots, [np.sum(x * expected) for x in inputs[:3]], rtol=1e-6)
+    np.testing.assert_allclose(squared_norms, [np.sum(x * x) for x in inputs], rtol=1e-12)
+    np.testing.assert_allclose(merged_squared, np.sum(expected * expected), rtol=1e-6)
+    # A NaN shows in the squared norm of the input that holds it (the merge names it from there).
+    broken = b.clone()
+    broken[3, 7] = float("nan")
+    _, (_, squared_norms, _) = methods.model_stock_with_statistics(base, [a, broken, c], filter_wise)
+    assert [math.isfinite(value) for value in squared_norms] == [True, False, True, True]
+
+
 @pytest.mark.parametrize("method", ["dare_linear", "dare_ties", "della", "della_linear"])
 def test_random_methods_are_seeded_and_rescale_to_the_l1_norm(tensors, method):
     base, a = tensors["base"], tensors["a"]

@@ -538,11 +538,26 @@ def ties(
     return task_vector_merge("ties", base, tensors, weights, parameters, "")
 
 
+# A merge's distance statistics for one tensor (see `hf_tts.merge.stream.DistanceStats`): each source's dot
+# product with the merge, each input's squared norm (the sources, then the base) and the merge's squared norm.
+TensorStatistics = tuple[list[float], list[float], float]
+
+
 def model_stock(base: torch.Tensor, tensors: Sequence[torch.Tensor], filter_wise: bool) -> torch.Tensor:
     """Model Stock: offsets delta_i = x_i - b; c = mean over pairs i < j of clamp(delta_i . delta_j /
     max(|delta_i| |delta_j|, 1e-6), -1, 1) (over the whole tensor, or per vector along the last dimension with
     `filter_wise`); t = n c / (1 + (n - 1) c) (0 where the denominator is below 1e-6);
     result = t mean_i(x_i) + (1 - t) b."""
+    return model_stock_with_statistics(base, tensors, filter_wise)[0]
+
+
+def model_stock_with_statistics(
+    base: torch.Tensor, tensors: Sequence[torch.Tensor], filter_wise: bool
+) -> tuple[torch.Tensor, TensorStatistics]:
+    """`model_stock`, and the tensor's distance statistics taken from the same fp64 Gram matrix of the offsets and
+    the base (G), so the merge needs no second pass over its inputs: with r = b + t dbar (dbar the mean offset),
+    |x_i|^2 = G_bb + 2 G_ib + G_ii, x_i . r = G_bb + G_ib + t (dbar . b + delta_i . dbar) and
+    |r|^2 = G_bb + 2 t dbar . b + t^2 |dbar|^2, summed over the rows of `filter_wise`."""
     dtype = accumulator_dtype(base.dtype, *(x.dtype for x in tensors))
     count = len(tensors)
     shape = base.shape
@@ -552,55 +567,72 @@ def model_stock(base: torch.Tensor, tensors: Sequence[torch.Tensor], filter_wise
     else:
         vectors_b = b.reshape(1, -1)
     rows, length = vectors_b.shape
-    gram = torch.zeros(rows, count, count, dtype=torch.float64)
-    step = max(1, REDUCE_CHUNK // max(length, 1)) if filter_wise else 1
+    # Per row, the Gram matrix of (delta_1, ..., delta_n, b).
+    gram = torch.zeros(rows, count + 1, count + 1, dtype=torch.float64)
     if filter_wise:
+        step = max(1, REDUCE_CHUNK // max(length, 1))
         for start in range(0, rows, step):
-            deltas = (
-                torch.stack([x.reshape(rows, length)[start : start + step].double() for x in tensors])
-                - vectors_b[start : start + step].double()
-            )
-            gram[start : start + step] += torch.einsum("irl,jrl->rij", deltas, deltas)
-    else:
-        # One fp64 buffer for every chunk: each row takes a source's chunk (converted exactly by the copy), then the
-        # base is subtracted in fp64. The chunks are cut by one `split` per tensor and the Gram matrix grows in
-        # place, so each chunk costs few Python-level calls: the merge threads share the GIL, and with more calls
-        # per chunk they wait on each other (46 against 30 ms per 6.3M-element tensor on two threads).
+            vectors = torch.stack(
+                [x.reshape(rows, length)[start : start + step] for x in tensors] + [vectors_b[start : start + step]]
+            ).double()
+            vectors[:count] -= vectors[count]
+            gram[start : start + step] += torch.einsum("irl,jrl->rij", vectors, vectors)
+    elif length:
+        # One fp64 buffer for every chunk: each row takes a source's chunk, the last the base's (converted exactly
+        # by the copy), then the base is subtracted in fp64. The chunks are cut by one `split` per tensor and the
+        # Gram matrix grows in place, so each chunk costs few Python-level calls: the merge threads share the GIL,
+        # and with more calls per chunk they wait on each other (46 against 30 ms per 6.3M-element tensor on two
+        # threads).
         size = min(REDUCE_CHUNK, length)
-        deltas = torch.empty(count, size, dtype=torch.float64)
-        delta_rows = list(deltas)
+        vectors = torch.empty(count + 1, size, dtype=torch.float64)
+        vector_rows = list(vectors)
         gram_matrix = gram[0]
-        for base_chunk, *chunks in zip(vectors_b[0].split(size), *(x.reshape(-1).split(size) for x in tensors)):
+        for *chunks, base_chunk in zip(*(x.reshape(-1).split(size) for x in tensors), vectors_b[0].split(size)):
             if base_chunk.numel() != size:  # the last, shorter chunk
-                deltas = deltas[:, : base_chunk.numel()]
-                delta_rows = list(deltas)
-            for row, chunk in zip(delta_rows, chunks):
+                vectors = vectors[:, : base_chunk.numel()]
+                vector_rows = list(vectors)
+            for row, chunk in zip(vector_rows, (*chunks, base_chunk)):
                 row.copy_(chunk)
-            deltas -= base_chunk
-            gram_matrix.addmm_(deltas, deltas.T)
-    norms = torch.diagonal(gram, dim1=1, dim2=2).sqrt()
+            vectors[:count] -= vector_rows[count]
+            gram_matrix.addmm_(vectors, vectors.T)
+    offsets = gram[:, :count, :count]
+    norms = torch.diagonal(offsets, dim1=1, dim2=2).sqrt()
     cosines = []
     for i in range(count):
         for j in range(i + 1, count):
             product = (norms[:, i] * norms[:, j]).clamp(min=1e-6)
-            cosines.append((gram[:, i, j] / product).clamp(-1.0, 1.0))
+            cosines.append((offsets[:, i, j] / product).clamp(-1.0, 1.0))
     cos = torch.stack(cosines).mean(dim=0)
     denominator = 1 + (count - 1) * cos
     singular = denominator.abs() < 1e-6
     t = torch.where(singular, 0.0, count * cos / torch.where(singular, 1.0, denominator)).to(dtype)
+    statistics = _model_stock_statistics(gram, t.double(), count)
     if rows == 1:  # one t for the tensor: (1 - t) b + (t / n) sum_i x_i, in n + 1 passes and one buffer
         scalar = float(t[0])
         result = torch.mul(b, 1.0 - scalar)
         for x in tensors:
             result.add_(x.to(dtype), alpha=scalar / count)
-        return result
+        return result, statistics
     average = torch.zeros_like(b)
     for x in tensors:
         average.add_(x.to(dtype))
     average.div_(count)
     t = t.reshape(rows, 1)
     result = average.reshape(rows, length).mul_(t).add_(vectors_b * (1 - t))
-    return result.reshape(shape)
+    return result.reshape(shape), statistics
+
+
+def _model_stock_statistics(gram: torch.Tensor, t: torch.Tensor, count: int) -> TensorStatistics:
+    """The distance statistics of r = b + t dbar from the per-row Gram matrices of (delta_1, ..., delta_n, b)."""
+    offsets, offset_base, base_base = gram[:, :count, :count], gram[:, :count, count], gram[:, count, count]
+    mean_offset_base = offset_base.mean(dim=1)  # dbar . b
+    offset_mean_offset = offsets.mean(dim=2)  # delta_i . dbar
+    mean_offset_squared = offsets.mean(dim=(1, 2))  # |dbar|^2
+    source_squared = base_base[:, None] + 2 * offset_base + torch.diagonal(offsets, dim1=1, dim2=2)
+    source_merge = base_base[:, None] + offset_base + t[:, None] * (mean_offset_base[:, None] + offset_mean_offset)
+    merge_squared = base_base + 2 * t * mean_offset_base + t * t * mean_offset_squared
+    squared_norms = [*source_squared.sum(dim=0).tolist(), base_base.sum().item()]
+    return source_merge.sum(dim=0).tolist(), squared_norms, merge_squared.sum().item()
 
 
 def sce(base: torch.Tensor, tensors: Sequence[torch.Tensor], select_topk: float) -> torch.Tensor:

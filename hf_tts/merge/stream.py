@@ -163,6 +163,18 @@ def _merge(
     raise AssertionError(f"no formula for {method!r}")  # the plan validated the name
 
 
+def _merge_whole(
+    plan: MergePlan, task: TensorTask, tensors: list[torch.Tensor]
+) -> tuple[torch.Tensor, methods.TensorStatistics | None]:
+    """A whole-tensor method's merge of `tensors` (the sources, then the base), with the tensor's distance
+    statistics when the method's own pass yields them (model_stock's Gram matrix); None otherwise, and they are
+    then taken slice by slice."""
+    if plan.recipe.method == "model_stock":
+        sources, base = tensors[: len(plan.sources)], tensors[-1]
+        return methods.model_stock_with_statistics(base, sources, plan.parameters.filter_wise)
+    return _merge(plan, task, tensors, None), None
+
+
 def chunk_elements(input_count: int) -> int:
     """Elements of each input per slice: `CHUNK_ELEMENTS`, shorter when many inputs share the slice budget."""
     return min(CHUNK_ELEMENTS, max(MIN_CHUNK_ELEMENTS, SLICE_BUDGET_ELEMENTS // max(input_count, 1)))
@@ -178,7 +190,7 @@ def _check_inputs_finite(labels: list[str], rows: Sequence[torch.Tensor], square
 
 def _chunk_statistics(
     labels: list[str], inputs: Sequence[torch.Tensor], merged: torch.Tensor, key: str, source_count: int
-) -> tuple[list[float], list[float], float]:
+) -> methods.TensorStatistics:
     """(source . merge, |input|^2, |merge|^2) of one slice (`inputs`: one row per input, stacked or as views of the
     whole tensors, which are then never copied), read while it is still in the cache.
 
@@ -213,7 +225,7 @@ def _gram_statistics(
     coefficients: list[float],
     key: str,
     source_count: int,
-) -> tuple[list[float], list[float], float]:
+) -> methods.TensorStatistics:
     """`_chunk_statistics` of a merge that is the linear combination `coefficients` of the input rows, with one pass
     over the inputs instead of two: their Gram matrix G gives |input|^2 (its diagonal) and source . merge (G c).
     |merge|^2 comes from the merged values themselves, since it also guards against overflow in computing them."""
@@ -260,10 +272,12 @@ class _SliceWorker:
         self.chunk = chunk_elements(len(self.readers))
         self._input_buffers: dict[torch.dtype, torch.Tensor] = {}  # per input dtype, one row per input
         self._accumulators: dict[torch.dtype, torch.Tensor] = {}  # per accumulator dtype
-        self._whole: tuple[str, list[torch.Tensor], torch.Tensor] | None = None  # key, flat inputs, flat merge
+        # For whole-tensor methods: key, flat inputs, flat merge, and the tensor's statistics if the method gave them.
+        self._whole: tuple[str, list[torch.Tensor], torch.Tensor, methods.TensorStatistics | None] | None = None
 
-    def run(self, job: SliceJob) -> tuple[torch.Tensor, tuple[list[float], list[float], float] | None]:
-        """(the job's merged elements in the output dtype, flat; their distance statistics, None for a copy)."""
+    def run(self, job: SliceJob) -> tuple[torch.Tensor, methods.TensorStatistics | None]:
+        """(the job's merged elements in the output dtype, flat; their distance statistics, None for a copy or for a
+        slice whose tensor's statistics came with its first slice)."""
         task = job.task
         if not task.merged:  # every source agrees (checked by the plan)
             return self.readers[0].tensor(task.key).reshape(-1), None
@@ -277,11 +291,19 @@ class _SliceWorker:
             if self._whole is None or self._whole[0] != task.key:
                 self._whole = None  # drop the previous tensor's merge before making the next
                 tensors = [reader.tensor(task.key) for reader in self.readers]
-                merged_whole = _merge(self.plan, task, tensors, None).reshape(-1)
-                self._whole = (task.key, [tensor.reshape(-1) for tensor in tensors], merged_whole)
-            _, flats, whole = self._whole
-            inputs = [flat[job.start : job.start + job.count] for flat in flats]
+                merged_whole, whole_statistics = _merge_whole(self.plan, task, tensors)
+                flats = [tensor.reshape(-1) for tensor in tensors]
+                if whole_statistics is not None:
+                    _check_inputs_finite(self.labels, flats, whole_statistics[1], task.key)
+                self._whole = (task.key, flats, merged_whole.reshape(-1), whole_statistics)
+            _, flats, whole, whole_statistics = self._whole
             merged = whole[job.start : job.start + job.count]
+            if whole_statistics is not None:
+                out = merged.to(task.out_dtype)
+                # The whole tensor's norm bounds every element of every slice.
+                _check_output_finite(self.plan, task, out, whole_statistics[2])
+                return out, whole_statistics if job.start == 0 else None
+            inputs = [flat[job.start : job.start + job.count] for flat in flats]
         coefficients = _linear_coefficients(self.plan, task) if self.elementwise else None
         if coefficients is None:
             statistics = _chunk_statistics(self.labels, inputs, merged, task.key, len(self.plan.sources))
@@ -333,7 +355,7 @@ class _InOrderStatistics:
     def __init__(self, stats: DistanceStats, window: int):
         self.stats, self.window = stats, window
         self.next_index = 0
-        self.pending: dict[int, tuple[SliceJob, tuple[list[float], list[float], float] | None]] = {}
+        self.pending: dict[int, tuple[SliceJob, methods.TensorStatistics | None]] = {}
         self.condition = threading.Condition()
 
     def wait_turn(self, job: SliceJob, stop: threading.Event) -> None:
@@ -343,7 +365,7 @@ class _InOrderStatistics:
             while job.index - self.next_index >= self.window and not stop.is_set():
                 self.condition.wait(0.1)
 
-    def add(self, job: SliceJob, statistics: tuple[list[float], list[float], float] | None) -> None:
+    def add(self, job: SliceJob, statistics: methods.TensorStatistics | None) -> None:
         with self.condition:
             self.pending[job.index] = (job, statistics)
             while self.next_index in self.pending:
