@@ -157,16 +157,27 @@ def linear(
 
 
 def task_arithmetic(
-    base: torch.Tensor, tensors: Sequence[torch.Tensor], weights: Sequence[float], normalize: bool, scale: float
+    base: torch.Tensor,
+    tensors: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    normalize: bool,
+    scale: float,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """b + lambda * sum_i w_i (x_i - b), the sum divided by sum_i w_i when `normalize`."""
+    """b + lambda * sum_i w_i (x_i - b), the sum divided by sum_i w_i when `normalize`, in the accumulator dtype;
+    written (flat) into `out` when given.
+
+    The offsets come from one subtraction and are combined by one matrix-vector product with the coefficients
+    lambda w_i / sum: a sliced merge is bound by its calls per slice (two merge threads share the GIL), not by the
+    arithmetic.
+    """
     dtype = accumulator_dtype(base.dtype, *(t.dtype for t in tensors))
-    accumulator = torch.zeros(base.shape, dtype=dtype)
-    for tensor, weight in zip(tensors, weights):
-        accumulator.add_(tensor.to(dtype, copy=True).sub_(base), alpha=weight)
-    if normalize:
-        accumulator.div_(math.fsum(weights))
-    return accumulator.mul_(scale).add_(base)
+    divisor = math.fsum(weights) if normalize else 1.0
+    coefficients = torch.tensor([scale * weight / divisor for weight in weights], dtype=dtype)
+    flat_base = base.reshape(-1).to(dtype)
+    sources = tensors if isinstance(tensors, torch.Tensor) else torch.stack(list(tensors))
+    offsets = sources.reshape(len(weights), -1).to(dtype) - flat_base
+    return torch.mv(offsets.T, coefficients, out=out).add_(flat_base).reshape(base.shape)
 
 
 def nearswap(base: torch.Tensor, tensor: torch.Tensor, t: float) -> torch.Tensor:

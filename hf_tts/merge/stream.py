@@ -134,7 +134,7 @@ def _merge(
     plan: MergePlan, task: TensorTask, inputs: torch.Tensor | Sequence[torch.Tensor], out: torch.Tensor | None
 ) -> torch.Tensor:
     """The merged values of `inputs` (the sources' slices stacked, or their whole tensors in a list; then the base if
-    the method has one), in the accumulator dtype; linear merges (always sliced) write into `out`."""
+    the method has one), in the accumulator dtype; linear and task arithmetic (always sliced) write into `out`."""
     method = plan.recipe.method
     parameters = plan.parameters
     weights = list(task.weights)
@@ -145,7 +145,7 @@ def _merge(
     if method == "slerp":
         return methods.slerp(sources[0], sources[1], weights[1] / math.fsum(weights))
     if method == "task_arithmetic":
-        return methods.task_arithmetic(base, sources, weights, parameters.normalize, parameters.scale)
+        return methods.task_arithmetic(base, sources, weights, parameters.normalize, parameters.scale, out=out)
     if method == "nearswap":
         return methods.nearswap(base, sources[0], parameters.t)
     if method in methods.SPARSIFICATION:
