@@ -61,9 +61,10 @@ def release_freed_memory() -> None:
 
     glibc serves a worker's whole-tensor buffers from that thread's heap once it has freed one as large, and keeps
     freed heap memory as the process's: over a merge of Base-size models the worker heaps fragmented to 710 MiB above
-    idle for TIES. Trimming after each whole tensor keeps only the working set of the tensors in progress; a fixed
-    mmap threshold did the same, but made every large temporary a fresh, zero-filled mapping (karcher took 20 s,
-    against 12 s this way).
+    idle for TIES. Trimming after each whole tensor keeps only the working set of the tensors in progress. A fixed
+    mmap threshold alone did the same but also trimmed the heap after every slice, so each temporary was faulted in
+    afresh (karcher took 20 s against 12 s); the `hf-tts merge` program sets both thresholds for its process
+    (`hf_tts.commands.merge`), which a library call leaves alone.
     """
     trim = _malloc_trim()
     if trim is not None:
