@@ -7,8 +7,6 @@ tensor's bytes go to disk as soon as they are merged and no shard is ever held i
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import functools
 import json
 import os
@@ -28,7 +26,7 @@ from hf_tts.merge.sources import (
     MappedSafetensors,
     TensorInfo,
 )
-from hf_tts.merge.stream import DistanceStats, SliceJob, stream_merge
+from hf_tts.merge.stream import DistanceStats, SliceJob, release_freed_memory, stream_merge
 
 RECIPE_NAME = "merge_recipe.yaml"
 PLOT_NAME = "merge_distance.png"
@@ -47,12 +45,6 @@ _DTYPE_NAMES = {
     torch.uint8: "U8",
     torch.bool: "BOOL",
 }
-
-
-def _trim_heap() -> None:
-    """glibc keeps freed multi-MB blocks in the heap (RSS creeps up ~16 MiB per key); give them back."""
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _shard_names(count: int) -> list[str]:
@@ -101,7 +93,7 @@ def write_weight_shards(
             positions = {key: data_start + key_offset for key, key_offset in offsets.items()}
             write = functools.partial(_write_slice, handle.fileno(), positions, progress)
             stream_merge(plan, ordered, write, stats, workers)
-        _trim_heap()
+        release_freed_memory()  # what the shard's tensors freed
         paths.append(path)
     if len(paths) > 1:
         index = {"metadata": {"total_size": plan.total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
