@@ -623,8 +623,8 @@ def test_merge_command_pauses_the_cyclic_gc_and_restores_it(tmp_path, monkeypatc
 def test_merge_command_sets_glibc_malloc_for_streaming(tmp_path, monkeypatch, folders):
     """The merge program has glibc map buffers above a slice buffer on their own (returned to the system when freed)
     and keep up to 32 MiB of freed heap; a C library without mallopt (not glibc) is left as it is."""
-    import hf_tts.commands.merge as command
     import hf_tts.merge as merge_module
+    import hf_tts.merge.allocator as allocator
     from hf_tts.cli import main
 
     calls = []
@@ -638,12 +638,12 @@ def test_merge_command_sets_glibc_malloc_for_streaming(tmp_path, monkeypatch, fo
         raise InputError("stop here")
 
     monkeypatch.setattr(merge_module, "merge", stopping_merge)
-    monkeypatch.setattr(command, "_libc", RecordingLibc)
+    monkeypatch.setattr(allocator, "_libc", RecordingLibc)
     argv = ["merge", str(folders[0]), str(folders[1]), "--out", str(tmp_path / "out")]
     assert main(argv) == 2
     assert calls == [(-3, (4 << 20) + (64 << 10)), (-1, 32 << 20)]  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
-    monkeypatch.setattr(command, "_libc", object)
+    monkeypatch.setattr(allocator, "_libc", object)
     assert main(argv) == 2 and len(calls) == 2
     monkeypatch.undo()
     if sys.platform == "linux":  # the real C library has the function the merge calls
-        assert callable(command._libc().mallopt)
+        assert callable(allocator._libc().mallopt)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import gc
 from collections.abc import Iterator
 
@@ -163,37 +162,10 @@ def _cyclic_gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-# glibc's mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-# Just above a worker's slice buffer (4 MiB: every input's slice of an elementwise merge), which stays on the heap.
-MMAP_THRESHOLD_BYTES = (4 << 20) + (64 << 10)
-TRIM_THRESHOLD_BYTES = 32 << 20
-
-
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None)  # the C library the process already uses
-
-
-def _use_streaming_malloc_settings() -> None:
-    """Set glibc's malloc for a streaming merge (elsewhere nothing changes).
-
-    Allocations above a slice buffer (the whole-tensor buffers of SLERP, the pruning methods, model_stock: tens of
-    MB each) get their own mapping, returned to the system when freed, instead of staying in the worker threads'
-    heaps until the next trim: peak memory above idle went from +509 to +291 MiB for TIES and from +487 to +349 MiB
-    for SCE, at the same speed. Up to 32 MiB of freed heap is kept, so the per-slice temporaries of elementwise
-    merges are not faulted in again for every slice (the threshold alone cost task_arithmetic 0.3 s). Fixed
-    thresholds stay for the life of the process (glibc cannot return to its adaptive ones).
-    """
-    try:
-        mallopt = _libc().mallopt
-    except (OSError, AttributeError):  # not glibc
-        return
-    mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
-    mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
-
-
 def run(args: argparse.Namespace) -> int:
-    _use_streaming_malloc_settings()
+    from hf_tts.merge.allocator import use_streaming_malloc_settings
+
+    use_streaming_malloc_settings()
     with _cyclic_gc_paused():
         return _merge(args)
 

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
-import ctypes.util
-import functools
 import math
 import re
 import threading
@@ -28,6 +25,7 @@ import torch
 
 from hf_tts.errors import InputError
 from hf_tts.merge import methods
+from hf_tts.merge.allocator import release_freed_memory
 from hf_tts.merge.plan import MergePlan, TensorTask
 from hf_tts.merge.sources import TensorReader
 
@@ -54,29 +52,6 @@ def block_name(key: str) -> str:
 
 # Whole tensors from this size up are followed by `release_freed_memory` (smaller ones leave little to release).
 TRIM_AFTER_ELEMENTS = 1 << 20
-
-
-def release_freed_memory() -> None:
-    """Hand the memory freed so far back to the system (glibc's malloc_trim; elsewhere nothing).
-
-    glibc serves a worker's whole-tensor buffers from that thread's heap once it has freed one as large, and keeps
-    freed heap memory as the process's: over a merge of Base-size models the worker heaps fragmented to 710 MiB above
-    idle for TIES. Trimming after each whole tensor keeps only the working set of the tensors in progress. A fixed
-    mmap threshold alone did the same but also trimmed the heap after every slice, so each temporary was faulted in
-    afresh (karcher took 20 s against 12 s); the `hf-tts merge` program sets both thresholds for its process
-    (`hf_tts.commands.merge`), which a library call leaves alone.
-    """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
 
 
 @contextlib.contextmanager

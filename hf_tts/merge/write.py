@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from hf_tts.merge.allocator import release_freed_memory
 from hf_tts.merge.plan import MergePlan
 from hf_tts.merge.sources import (
     COMPANION_FILES,
@@ -26,7 +27,7 @@ from hf_tts.merge.sources import (
     MappedSafetensors,
     TensorInfo,
 )
-from hf_tts.merge.stream import DistanceStats, SliceJob, release_freed_memory, stream_merge
+from hf_tts.merge.stream import DistanceStats, SliceJob, stream_merge
 
 RECIPE_NAME = "merge_recipe.yaml"
 PLOT_NAME = "merge_distance.png"
