@@ -232,6 +232,17 @@ def test_model_stock_sce_nearswap(tensors):
     _check(methods.nearswap(base, a, 0.2), weight * _np(a) + (1 - weight) * _np(base))
 
 
+@pytest.mark.parametrize("shape", [(0,), (0, 4), (3, 0)])
+def test_model_stock_of_empty_tensors(shape):
+    """A tensor without elements merges to an empty tensor of its shape, per row too, with zero statistics."""
+    base = torch.empty(shape)
+    for filter_wise in (False, True):
+        merged, (dots, squared_norms, merged_squared) = methods.model_stock_with_statistics(
+            base, [base.clone(), base.clone()], filter_wise
+        )
+        assert merged.shape == shape and dots == [0.0, 0.0] and squared_norms == [0.0] * 3 and merged_squared == 0.0
+
+
 @pytest.mark.parametrize("filter_wise", [False, True])
 def test_model_stock_statistics_from_its_gram_matrix(tensors, monkeypatch, filter_wise):
     """The distance statistics model_stock derives from its Gram matrix (no second pass over the inputs) equal

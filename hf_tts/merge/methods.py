@@ -7,9 +7,9 @@ the few buffers are allocated here, one or a handful per tensor, however many so
 one after another and folded into accumulators (the TIES sign election keeps the positive and negative sums apart,
 so the elected side is known without a second visit). Norms and dot products are summed in fp64 over chunks.
 
-Pruning thresholds come from a selection (numpy's introselect, linear time) instead of a full sort; where several entries tie
-exactly on a threshold, all of them are kept (TIES, SCE) or dropped (breadcrumbs' upper cut), where mergekit keeps an
-arbitrary subset of them. That is the only way results differ from mergekit beyond rounding.
+Pruning thresholds come from a selection (numpy's introselect, linear time) instead of a full sort; where several
+entries tie exactly on a threshold, all of them are kept (TIES, SCE) or dropped (breadcrumbs' upper cut), where
+mergekit keeps an arbitrary subset of them. That is the only way results differ from mergekit beyond rounding.
 """
 
 from __future__ import annotations
@@ -587,7 +587,7 @@ def model_stock_with_statistics(
     shape = base.shape
     b = base.to(dtype)
     if filter_wise:
-        vectors_b = b.reshape(1, -1) if b.dim() < 2 else b.reshape(-1, shape[-1])
+        vectors_b = b.reshape(1, -1) if b.dim() < 2 else b.reshape(math.prod(shape[:-1]), shape[-1])
     else:
         vectors_b = b.reshape(1, -1)
     rows, length = vectors_b.shape
