@@ -173,6 +173,33 @@ def test_a_negative_or_bogus_content_length_is_refused_without_buffering(local_h
     assert HfApi().model_info("org/length").id == "org/length"
 
 
+def test_request_headers_past_the_cap_are_refused_and_the_server_lives(local_hub):
+    """llhttp would buffer one header of any length: past 64 KiB of headers the connection gets 400 and is closed,
+    whether the headers come at once or dribble in; normal requests are served afterwards."""
+    from hf_tts.registry.server import MAX_HEADER_BYTES
+
+    huge = b"GET /api/models HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * (4 * MAX_HEADER_BYTES)
+    answer = raw_exchange(local_hub, huge, timeout=30)
+    assert answer.startswith(b"HTTP/1.1 400") and b"Request headers are larger than" in answer, answer[:200]
+    host, port = local_hub.server_address[:2]
+    with socket.create_connection((host, port), timeout=30) as client:
+        client.sendall(b"GET /api/models HTTP/1.1\r\nHost: x\r\n")
+        answer, cut = b"", False
+        try:
+            for _ in range(2 * MAX_HEADER_BYTES // 1000):
+                client.sendall(b"X-Many: " + b"b" * 990 + b"\r\n")
+            while piece := client.recv(1 << 16):
+                answer += piece
+        except (BrokenPipeError, ConnectionResetError):
+            cut = True  # the server closed while bytes it never read were in flight: TCP resets, the 400 is lost
+    # Without the cap the server would wait for the rest, then close quietly at the 10 s header deadline.
+    assert answer.startswith(b"HTTP/1.1 400") or cut, answer[:200]
+    fine = b"GET /api/models HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * (MAX_HEADER_BYTES // 2) + b"\r\n\r\n"
+    assert raw_exchange(
+        local_hub, fine + b"GET /api/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    ).startswith(b"HTTP/1.1 200")
+
+
 def test_idle_and_slow_connections_are_bounded(tmp_path):
     with LocalHubServer(tmp_path / "reg", header_timeout=0.5, timeout_keep_alive=1, limit_concurrency=30) as server:
         host, port = server.server_address[:2]

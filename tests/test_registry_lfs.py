@@ -18,6 +18,7 @@ from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import get_session, hf_raise_for_status
 
 from hf_tts.cli import main as cli_main
+from hf_tts.registry import LocalHubServer
 from tests.registry_utils import request
 
 BIG_MB = int(os.environ.get("HF_TTS_TEST_LFS_MB", "120"))
@@ -139,3 +140,39 @@ def test_bad_lfs_uploads_are_refused_and_commit_nothing(local_hub, no_xet):
     assert local_hub.store.blobs.path(hashlib.sha256(keep).hexdigest()).exists()
     response, body = request(local_hub, "GET", "/team/a/resolve/main/keep.bin")
     assert response.status == 200 and body == keep
+
+
+def test_a_stalled_upload_gets_408_and_a_slow_steady_one_lands(tmp_path, no_xet):
+    """The body timeout counts from the last piece received: a client that stops is cut off (408, staging emptied),
+    one that keeps sending small pieces more slowly than the timeout's worth of data is not."""
+    data = os.urandom(3 << 20)  # several 1 MiB blocks, so the writer pipeline is in flight when the body stalls
+    oid = hashlib.sha256(data).hexdigest()
+    with LocalHubServer(tmp_path / "reg", body_timeout=0.5) as server:
+        HfApi(endpoint=server.url).create_repo("team/slow")
+        href = batch(server, "team/slow", oid, len(data))["actions"]["upload"]["href"].removeprefix(server.url)
+        head = f"PUT {href} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+        host, port = server.server_address[:2]
+        with socket.create_connection((host, port), timeout=30) as sock:
+            sock.sendall(head + data[: (2 << 20) + 1000])
+            started = time.monotonic()
+            answer = sock.recv(1 << 16)
+            waited = time.monotonic() - started
+        assert answer.startswith(b"HTTP/1.1 408") and b"stalled for more than 0.5 s" in answer, answer[:300]
+        assert 0.4 < waited < 10
+        deadline = time.monotonic() + 10
+        while any(server.store.tmp.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert list(server.store.tmp.iterdir()) == [] and not server.store.blobs.path(oid).exists()
+
+        with socket.create_connection((host, port), timeout=30) as sock:
+            sock.sendall(head)
+            pieces = [
+                data[: len(data) - 7000],
+                *(data[len(data) - 7000 + i : len(data) - 6000 + i] for i in range(0, 7000, 1000)),
+            ]
+            for piece in pieces:  # 2.1 s in all, never 0.5 s without a piece
+                sock.sendall(piece)
+                time.sleep(0.3)
+            answer = sock.recv(1 << 16)
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+        assert server.store.blobs.path(oid).read_bytes() == data

@@ -84,34 +84,79 @@ def stored_xorbs(server) -> dict[str, int]:
 # --- formats ----------------------------------------------------------------------------------------------------------
 
 
+def read_xorb(body: bytes, expected: bytes, cuts: list[int] | None = None) -> xf.XorbIndex:
+    """Feed a xorb to `XorbReader` split at `cuts` (as an upload's pieces arrive), then finish it."""
+    reader = xf.XorbReader(expected)
+    edges = [0, *sorted(cut % (len(body) + 1) for cut in cuts or []), len(body)]
+    for start, end in zip(edges, edges[1:]):
+        reader.feed(body[start:end])
+    return reader.finish()
+
+
+def with_footer(body: bytes) -> bytes:
+    """`body` plus an info footer (its content is not checked; its length field must point back at it)."""
+    footer = xf._XORB_FOOTER_IDENT + bytes(41)
+    return body + footer + struct.pack("<I", len(footer))
+
+
+FORMAT_CHUNKS = [bytes(range(256)) * 40, b"\x01\x02\x03" * 7001, os.urandom(9000), os.urandom(7000)]
+FORMAT_XORB = build_xorb(FORMAT_CHUNKS, schemes=[1, 2, 0, 0])
+
+
 @pytest.mark.parametrize("read_block", [xf.READ_BLOCK, 1, 20000])
 def test_xorb_and_hash_formats_round_trip(tmp_path, monkeypatch, read_block):
     # read_block: stored chunks are decoded from blocks of at most this many bytes (at least one chunk each).
     monkeypatch.setattr(xf, "READ_BLOCK", read_block)
-    chunks = [bytes(range(256)) * 40, b"\x01\x02\x03" * 7001, os.urandom(9000), os.urandom(7000)]
-    xorb_hex, body = build_xorb(chunks, schemes=[1, 2, 0, 0])
+    chunks = FORMAT_CHUNKS
+    xorb_hex, body = FORMAT_XORB
     path = tmp_path / "x"
     path.write_bytes(body)
-    index = xf.index_xorb(path, xf.hex_to_hash(xorb_hex))
+    index = read_xorb(body, xf.hex_to_hash(xorb_hex))
     assert index.sizes == tuple(len(chunk) for chunk in chunks)
+    assert index.data_end == len(body)
     assert xf.XorbIndex.from_bytes(index.to_bytes()) == index
     with open(path, "rb") as stream:
         assert [bytes(chunk) for chunk in xf.iter_chunks(stream, index, 0, 4)] == chunks
         assert [bytes(chunk) for chunk in xf.iter_chunks(stream, index, 1, 3)] == chunks[1:3]
     assert xf.hex_to_hash(xf.hash_to_hex(b"\x00\x01" * 16)) == b"\x00\x01" * 16
     assert xf.hash_to_hex(bytes(range(32)))[:16] == "0706050403020100"  # words are little-endian u64s
-    path.write_bytes(body[:-1] + bytes([body[-1] ^ 1]))  # one flipped bit in the last (raw) chunk
+    flipped = body[:-1] + bytes([body[-1] ^ 1])  # one flipped bit in the last (raw) chunk
     with pytest.raises(xf.XetFormatError, match="xorb hash mismatch"):
-        xf.index_xorb(path, xf.hex_to_hash(xorb_hex))
+        read_xorb(flipped, xf.hex_to_hash(xorb_hex))
 
 
 @FUZZ
-@given(st.binary(max_size=4096))
-def test_random_bytes_are_refused_as_xorbs_and_shards(tmp_path_factory, data):
-    path = tmp_path_factory.mktemp("fuzz") / "x"
-    path.write_bytes(data)
+@given(st.lists(st.integers(min_value=0), max_size=12), st.booleans())
+def test_a_xorb_reads_the_same_however_its_bytes_are_split(cuts, footer):
+    """The upload's pieces may cut a xorb anywhere (inside a chunk header, a payload, the footer): same index."""
+    xorb_hex, body = FORMAT_XORB
+    whole = read_xorb(body, xf.hex_to_hash(xorb_hex))
+    index = read_xorb(with_footer(body) if footer else body, xf.hex_to_hash(xorb_hex), cuts)
+    assert index == whole  # data_end stops before a footer
+
+
+@pytest.mark.parametrize(
+    ("mangle", "message"),
+    [
+        (lambda body: body[:-1], "ends inside a chunk"),
+        (lambda body: body[:5], "ends inside a chunk"),
+        (lambda body: with_footer(body)[:-1], "neither a chunk nor its footer"),
+        (lambda body: body + b"XETBLOB" + struct.pack("<I", 99), "neither a chunk nor its footer"),
+        (lambda body: body + b"\x01" + bytes(7), "chunk header version 1"),
+        (lambda body: b"", "holds no chunks"),
+    ],
+)
+def test_malformed_xorbs_are_refused_with_what_is_wrong(mangle, message):
+    xorb_hex, body = FORMAT_XORB
+    with pytest.raises(xf.XetFormatError, match=message):
+        read_xorb(mangle(body), xf.hex_to_hash(xorb_hex), [3, 700])
+
+
+@FUZZ
+@given(st.binary(max_size=4096), st.lists(st.integers(min_value=0), max_size=4))
+def test_random_bytes_are_refused_as_xorbs_and_shards(data, cuts):
     with pytest.raises(xf.XetFormatError):
-        xf.index_xorb(path, bytes(32))
+        read_xorb(data, bytes(32), cuts)
     with pytest.raises(xf.XetFormatError):
         xf.parse_shard(io.BytesIO(data))
 

@@ -7,11 +7,13 @@ xorb or a 10 GB LFS object costs the server the same small amount of memory.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -23,7 +25,7 @@ from starlette.routing import Route
 from hf_tts.registry.app import (
     BlobResponse,
     Registry,
-    _body_pieces,
+    _body_blocks,
     _json,
     _json_body,
     _kind,
@@ -37,48 +39,77 @@ from hf_tts.registry.app import (
 from hf_tts.registry.errors import RegistryError
 from hf_tts.registry.lfs import check_oid, check_size
 from hf_tts.registry.store import Entry
-from hf_tts.registry.xet_format import MAX_XORB_BYTES
+from hf_tts.registry.xet_format import MAX_XORB_BYTES, XetFormatError, XorbReader, hex_to_hash
 
-_WRITE_PIECE = 1 << 20  # per worker-thread write: small, so concurrent uploads keep little memory
+_BLOCK_BYTES = 1 << 20  # per worker-thread write: small, so concurrent uploads keep little memory
+_WRITER_THREADS = 8
+_BODY_WRITERS: ThreadPoolExecutor | None = None
+_IOV_MAX = 1024
 MAX_SHARD_BYTES = 64 << 20
 LFS_MEDIA_TYPE = "application/vnd.git-lfs+json"
 
 
-async def receive_to_file(request: Request, path: Path, limit: int, digest: Any = None) -> int:
-    """Stream the request body into `path` (fsynced; hashed into `digest` if given); returns its size. On any error
-    the file is removed."""
-    stream = await anyio.to_thread.run_sync(open, path, "wb")
+def _write_all(fd: int, pieces: list[bytes]) -> None:
+    """Write `pieces` at the descriptor's position with as few `writev` calls as the kernel allows (no joining copy)."""
+    views = [memoryview(piece) for piece in pieces]
+    while views:
+        written = os.writev(fd, views[:_IOV_MAX])
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if written:
+            views[0] = views[0][written:]
+
+
+def _body_writers() -> ThreadPoolExecutor:
+    global _BODY_WRITERS
+    if _BODY_WRITERS is None:
+        _BODY_WRITERS = ThreadPoolExecutor(max_workers=_WRITER_THREADS, thread_name_prefix="hf-tts-registry-body")
+    return _BODY_WRITERS
+
+
+async def receive_to_file(
+    request: Request, path: Path, limit: int, consume: Callable[[list[bytes]], None] | None = None
+) -> int:
+    """Stream the request body into `path` (fsynced); returns its size. Every block of about `_BLOCK_BYTES` is also
+    handed to `consume` (a hash, a xorb verifier) and written in a worker thread while the event loop receives the
+    next block, so receiving, hashing and writing overlap with at most two blocks held per upload. On any error the
+    file is removed (once a write in flight has finished with it)."""
+    loop = asyncio.get_running_loop()
+    fd = await anyio.to_thread.run_sync(os.open, path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+
+    def write(pieces: list[bytes]) -> None:
+        if consume is not None:
+            consume(pieces)
+        _write_all(fd, pieces)
+
+    pending: asyncio.Future | None = None
     size = 0
-    buffer = bytearray()
-
-    def write(data: bytes) -> None:
-        stream.write(data)
-        if digest is not None:
-            digest.update(data)
-
     try:
-        async for piece in _body_pieces(request):
-            size += len(piece)
+        async for block in _body_blocks(request, _BLOCK_BYTES):
+            size += sum(len(piece) for piece in block)
             if size > limit:
                 raise RegistryError(413, f"request body is larger than {limit} bytes")
-            buffer += piece
-            if len(buffer) >= _WRITE_PIECE:
-                data = bytes(buffer)
-                buffer.clear()
-                await anyio.to_thread.run_sync(write, data)
-        if buffer:
-            await anyio.to_thread.run_sync(write, bytes(buffer))
-
-        def finish() -> None:
-            stream.flush()
-            os.fsync(stream.fileno())
-
-        await anyio.to_thread.run_sync(finish)
+            if pending is not None:
+                await pending
+            pending = loop.run_in_executor(_body_writers(), write, block)
+        if pending is not None:
+            await pending
+        await anyio.to_thread.run_sync(os.fsync, fd)
     except BaseException:
-        stream.close()
-        path.unlink(missing_ok=True)
+
+        def discard(finished: asyncio.Future | None = None) -> None:
+            if finished is not None and not finished.cancelled():
+                finished.exception()  # retrieved: the error being raised already says what went wrong
+            os.close(fd)
+            path.unlink(missing_ok=True)
+
+        if pending is not None and not pending.done():
+            pending.add_done_callback(discard)
+        else:
+            discard()
         raise
-    stream.close()
+    os.close(fd)
     return size
 
 
@@ -135,8 +166,16 @@ async def cas_upload_xorb(request: Request) -> Response:
     _check_writes_allowed(registry)
     staged = registry.store.tmp / f"xorb-{uuid.uuid4().hex}"
     try:
-        await receive_to_file(request, staged, MAX_XORB_BYTES + (8 << 20))
-        inserted = await anyio.to_thread.run_sync(registry.cas.put_xorb, xorb_hex, staged)
+        reader = XorbReader(hex_to_hash(xorb_hex))  # verified while it streams in: a bad xorb stops at its first error
+
+        def verify(pieces: list[bytes]) -> None:
+            for piece in pieces:
+                reader.feed(piece)
+
+        await receive_to_file(request, staged, MAX_XORB_BYTES + (8 << 20), verify)
+        inserted = await anyio.to_thread.run_sync(registry.cas.put_xorb, xorb_hex, staged, reader)
+    except XetFormatError as error:
+        raise RegistryError(400, str(error)) from error
     finally:
         staged.unlink(missing_ok=True)
     return _json({"was_inserted": inserted})
@@ -249,8 +288,13 @@ async def lfs_upload(request: Request) -> Response:
     registry.cas.check_signed(params.get("exp"), params.get("sig"), "lfs", repo.id, oid, size)
     staged = registry.lfs.staging_file()
     digest = hashlib.sha256()
+
+    def hash_block(pieces: list[bytes]) -> None:
+        for piece in pieces:
+            digest.update(piece)
+
     try:
-        staged.size = await receive_to_file(request, staged.path, size, digest)
+        staged.size = await receive_to_file(request, staged.path, size, hash_block)
         await anyio.to_thread.run_sync(registry.lfs.accept, repo.id, oid, size, staged, digest.hexdigest())
     finally:
         staged.path.unlink(missing_ok=True)

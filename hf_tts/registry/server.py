@@ -1,12 +1,14 @@
-"""Running the registry: the app under uvicorn (h11), with the limits a server reachable by a team needs.
+"""Running the registry: the app under uvicorn (its httptools protocol: llhttp parses in C, so a multi-GB upload
+body is not sliced and copied in Python as h11 does), with the limits a server reachable by a team needs.
 
 - keep-alive connections, closed after `timeout_keep_alive` idle seconds; a connection that has not finished
   sending its request headers within `header_timeout` seconds is closed too (uvicorn itself only times out
   connections that already answered one request, so idle fresh connections would otherwise stay forever);
 - a request body that stalls longer than `body_timeout` seconds between two pieces gets 408;
 - `limit_concurrency`: past that many connections or requests, new requests get 503 instead of queueing;
-- request header size capped (`h11_max_incomplete_event_size`); h11 refuses a malformed or negative
-  Content-Length with 400 before any handler runs; commit lines and JSON bodies are capped in the app;
+- request headers capped at `MAX_HEADER_BYTES` (400 past it; llhttp alone would buffer a header of any length);
+  llhttp refuses a malformed or negative Content-Length with 400 before any handler runs; commit lines and JSON
+  bodies are capped in the app;
 - TCP_NODELAY on every connection, so a response's headers and body never wait on Nagle + delayed ACK (the folder
   server spent 45 ms per small GET there; asyncio sets it only for sockets created with proto IPPROTO_TCP).
 
@@ -27,7 +29,7 @@ import time
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from hf_tts.registry.app import AppSettings, create_app
 from hf_tts.registry.auth import AccessPolicy
@@ -37,8 +39,12 @@ from hf_tts.registry.store import Store
 logger = logging.getLogger("hf_tts.registry")
 
 
-class _RegistryH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol plus a deadline for receiving each request's headers (slow or idle clients)."""
+MAX_HEADER_BYTES = 64 << 10
+
+
+class _RegistryHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol plus a deadline for receiving each request's headers (slow or idle clients) and a
+    cap on their size."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         # asyncio sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP; an accepted socket of a listening
@@ -48,7 +54,27 @@ class _RegistryH11Protocol(H11Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         super().connection_made(transport)
         self._header_deadline: asyncio.TimerHandle | None = None
+        self._reading_headers = True
+        self._header_bytes = 0
         self._arm_header_deadline()
+
+    def data_received(self, data: bytes) -> None:
+        # Bytes that arrive while a request's headers are incomplete count against the cap. A read that ends the
+        # previous body and starts the next headers is not counted: the cap bounds memory, it is not exact.
+        if self._reading_headers:
+            self._header_bytes += len(data)
+        super().data_received(data)
+        if self._reading_headers and self._header_bytes > MAX_HEADER_BYTES and not self.transport.is_closing():
+            self.send_400_response(f"Request headers are larger than {MAX_HEADER_BYTES} bytes.")
+
+    def on_headers_complete(self) -> None:
+        self._reading_headers = False
+        self._header_bytes = 0
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._reading_headers = True
 
     def _arm_header_deadline(self) -> None:
         if getattr(self, "_header_deadline", None) is not None:
@@ -135,7 +161,7 @@ class LocalHubServer:
         self.app = create_app(self.store, self.policy, self.settings)
         config = uvicorn.Config(
             self.app,
-            http=_RegistryH11Protocol,
+            http=_RegistryHttpProtocol,
             ws="none",
             lifespan="off",
             log_config=None,
@@ -143,7 +169,6 @@ class LocalHubServer:
             limit_concurrency=limit_concurrency,
             timeout_keep_alive=timeout_keep_alive,
             timeout_graceful_shutdown=5,
-            h11_max_incomplete_event_size=64 * 1024,
             server_header=False,
             proxy_headers=False,
         )

@@ -34,12 +34,12 @@ from hf_tts.registry.xet_format import (
     Term,
     XetFormatError,
     XorbIndex,
+    XorbReader,
     dedupe_eligible,
     dedupe_shard,
     file_hash,
     hash_to_hex,
     hex_to_hash,
-    index_xorb,
     iter_chunks,
     parse_shard,
     verification_hash,
@@ -150,16 +150,18 @@ class XetCas:
         self._indexes.put(xorb_hex, found)
         return found
 
-    def put_xorb(self, xorb_hex: str, staged: Path) -> bool:
+    def put_xorb(self, xorb_hex: str, staged: Path, reader: XorbReader) -> bool:
         """Accept a received xorb file (moved into the store; the caller removes it when the xorb was already here):
-        its chunks must hash to `xorb_hex`. Returns whether it was new."""
+        `reader`, the `XorbReader` its bytes streamed through as they arrived, must find that its chunks hash to
+        `xorb_hex`. Returns whether it was new."""
         try:
-            raw = hex_to_hash(xorb_hex)
+            if hex_to_hash(xorb_hex) != reader.expected_hash:  # the name is also the stored file's name
+                raise XetFormatError(f"xorb {xorb_hex} was read against another hash")
             if self.has_xorb(xorb_hex):
                 with self.store.write() as conn:  # a re-upload keeps it young for gc, until its shard arrives
                     conn.execute(update(db.xorbs).where(db.xorbs.c.hash == xorb_hex).values(created_at=time.time()))
                 return False
-            index = index_xorb(staged, raw)
+            index = reader.finish()
         except XetFormatError as error:
             raise _client_error(error) from error
         target = self.xorb_path(xorb_hex)

@@ -15,7 +15,6 @@ client error) on anything malformed.
 
 from __future__ import annotations
 
-import os
 import re
 import struct
 import time
@@ -206,57 +205,114 @@ class XorbIndex:
         return cls(tuple(r[0] for r in rows), tuple(r[1] for r in rows), tuple(r[2] for r in rows), data_end)
 
 
-def _chunk_section_end(stream: BinaryIO, size: int) -> int:
-    """Serialized xorbs may end with an info footer (`XETBLOB`..., its length in the last 4 bytes): the chunks stop
-    where it starts. Without one, every byte belongs to chunks."""
-    if size < 4 + len(_XORB_FOOTER_IDENT):
-        return size
-    stream.seek(size - 4)
-    (info_length,) = struct.unpack("<I", stream.read(4))
-    start = size - 4 - info_length
-    if 0 <= start <= size - 4 - len(_XORB_FOOTER_IDENT):
-        stream.seek(start)
-        if stream.read(len(_XORB_FOOTER_IDENT)) == _XORB_FOOTER_IDENT:
-            return start
-    return size
+_MAX_XORB_FOOTER = MAX_XORB_BYTES // 8  # bytes kept of a xorb's info footer (hashes and offsets per chunk)
 
 
-def index_xorb(path: str | os.PathLike, expected_hash: bytes) -> XorbIndex:
-    """Parse a received xorb file chunk by chunk (constant memory), decode and hash every chunk, and check that the
-    chunks hash to `expected_hash`. Returns the xorb's chunk index."""
-    size = os.path.getsize(path)
-    if size > MAX_XORB_BYTES + (8 << 20):
-        raise XetFormatError(f"xorb of {size} bytes is larger than the 64 MiB the protocol allows")
-    hashes: list[bytes] = []
-    offsets: list[int] = []
-    sizes: list[int] = []
-    with open(path, "rb", buffering=1 << 20) as stream:
-        end = _chunk_section_end(stream, size)
-        if end > MAX_XORB_BYTES + (1 << 20):  # ~64 MiB of data plus its chunk headers (hf_xet fills to 64 MiB)
-            raise XetFormatError(f"xorb chunks take {end} bytes, more than the 64 MiB the protocol allows")
-        stream.seek(0)
-        position = 0
-        while position < end:
-            if end - position < CHUNK_HEADER.size:
-                raise XetFormatError(f"xorb ends inside a chunk header at byte {position}")
-            compressed_size, scheme, chunk_size = read_chunk_header(stream.read(CHUNK_HEADER.size))
-            if position + CHUNK_HEADER.size + compressed_size > end:
-                raise XetFormatError(f"chunk {len(hashes)} runs past the end of the xorb")
-            data = decode_chunk(scheme, stream.read(compressed_size), chunk_size)
-            hashes.append(chunk_hash(data))
-            offsets.append(position)
-            sizes.append(chunk_size)
-            if len(hashes) > MAX_XORB_CHUNKS:
+class XorbReader:
+    """Parses a xorb while its bytes arrive (`feed`, any split), decoding and hashing every chunk as soon as it is
+    complete, so an upload is verified as it streams to disk and never read back; `finish` checks the xorb hash and
+    returns the chunk index. Memory: one compressed chunk (raw chunks are hashed straight from the pieces) and an
+    info footer, if the xorb carries one.
+
+    A serialized xorb may end with an info footer (`XETBLOB`..., its length in the last 4 bytes): it starts at a chunk
+    boundary, and is accepted only when that length points back at it."""
+
+    def __init__(self, expected_hash: bytes):
+        self.expected_hash = expected_hash
+        self.hashes: list[bytes] = []
+        self.offsets: list[int] = []
+        self.sizes: list[int] = []
+        self._position = 0  # bytes consumed so far
+        self._header = bytearray()
+        self._chunk: tuple[int, int, int] | None = None  # (remaining payload bytes, scheme, unpacked size)
+        self._raw_hasher: blake3.blake3 | None = None
+        self._payload = bytearray()
+        self._footer: bytearray | None = None
+        self._footer_start = 0
+
+    def feed(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            if self._footer is not None:
+                if len(self._footer) + len(view) > _MAX_XORB_FOOTER:
+                    raise XetFormatError(f"xorb footer is larger than {_MAX_XORB_FOOTER} bytes")
+                self._footer += view
+                self._position += len(view)
+                return
+            if self._chunk is None:
+                view = self._read_header(view)
+            else:
+                view = self._read_payload(view)
+
+    def _read_header(self, view: memoryview) -> memoryview:
+        if not self._header and view[0] == _XORB_FOOTER_IDENT[0]:
+            self._footer = bytearray()
+            self._footer_start = self._position
+            return view
+        take = min(CHUNK_HEADER.size - len(self._header), len(view))
+        self._header += view[:take]
+        self._position += take
+        if len(self._header) == CHUNK_HEADER.size:
+            compressed_size, scheme, size = read_chunk_header(self._header)
+            if self._position + compressed_size > MAX_XORB_BYTES + (1 << 20):
+                # ~64 MiB of data plus its chunk headers (hf_xet fills xorbs to 64 MiB)
+                raise XetFormatError(f"xorb chunks take more than {MAX_XORB_BYTES + (1 << 20)} bytes")
+            if len(self.hashes) >= MAX_XORB_CHUNKS:
                 raise XetFormatError(f"xorb holds more than {MAX_XORB_CHUNKS} chunks")
-            position += CHUNK_HEADER.size + compressed_size
-    if not hashes:
-        raise XetFormatError("xorb holds no chunks")
-    actual = merkle_root(list(zip(hashes, sizes)))
-    if actual != expected_hash:
-        raise XetFormatError(
-            f"xorb hash mismatch: the chunks hash to {hash_to_hex(actual)}, the upload names {hash_to_hex(expected_hash)}"
-        )
-    return XorbIndex(tuple(hashes), tuple(offsets), tuple(sizes), end)
+            self.offsets.append(self._position - CHUNK_HEADER.size)
+            self._header.clear()
+            self._chunk = (compressed_size, scheme, size)
+            if scheme == 0 and compressed_size == size:
+                self._raw_hasher = blake3.blake3(key=DATA_KEY)
+            if compressed_size == 0:
+                self._end_chunk()
+        return view[take:]
+
+    def _read_payload(self, view: memoryview) -> memoryview:
+        remaining, scheme, size = self._chunk
+        take = min(remaining, len(view))
+        if self._raw_hasher is not None:
+            self._raw_hasher.update(view[:take])
+        else:
+            self._payload += view[:take]
+        self._position += take
+        self._chunk = (remaining - take, scheme, size)
+        if take == remaining:
+            self._end_chunk()
+        return view[take:]
+
+    def _end_chunk(self) -> None:
+        _, scheme, size = self._chunk
+        if self._raw_hasher is not None:
+            self.hashes.append(self._raw_hasher.digest())
+            self._raw_hasher = None
+        else:
+            self.hashes.append(chunk_hash(decode_chunk(scheme, bytes(self._payload), size)))
+            self._payload.clear()
+        self.sizes.append(size)
+        self._chunk = None
+
+    def finish(self) -> XorbIndex:
+        """The index of the whole xorb, once every byte was fed; raises if it is cut short or its hash differs."""
+        if self._header or self._chunk is not None:
+            raise XetFormatError(f"xorb ends inside a chunk at byte {self._position}")
+        if self._footer is not None:
+            footer = self._footer
+            intact = footer.startswith(_XORB_FOOTER_IDENT) and len(footer) >= len(_XORB_FOOTER_IDENT) + 4
+            if not intact or struct.unpack_from("<I", footer, len(footer) - 4)[0] != len(footer) - 4:
+                raise XetFormatError(
+                    f"xorb holds bytes that are neither a chunk nor its footer at {self._footer_start}"
+                )
+        if not self.hashes:
+            raise XetFormatError("xorb holds no chunks")
+        actual = merkle_root(list(zip(self.hashes, self.sizes)))
+        if actual != self.expected_hash:
+            raise XetFormatError(
+                f"xorb hash mismatch: the chunks hash to {hash_to_hex(actual)}, "
+                f"the upload names {hash_to_hex(self.expected_hash)}"
+            )
+        end = self._footer_start if self._footer is not None else self._position
+        return XorbIndex(tuple(self.hashes), tuple(self.offsets), tuple(self.sizes), end)
 
 
 READ_BLOCK = 4 << 20  # bytes of a stored xorb read at a time when its chunks are decoded
