@@ -26,6 +26,7 @@ import http.client
 import json
 import multiprocessing
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -239,6 +240,7 @@ def bench_large(size: int) -> None:
     finally:
         registry.terminate()
         registry.wait(timeout=60)
+        shutil.rmtree(work, ignore_errors=True)  # several copies of the file: never leave them behind
     gib = size / (1 << 30)
     print(f"large file: {gib:.2f} GiB; cp {cp_seconds:.1f} s; curl of the registry's resolve {curl_seconds:.1f} s")
     for name in ("xet", "lfs"):

@@ -36,6 +36,7 @@ from hf_tts.registry.app import (
     _segment,
     _writable_repo,
 )
+from hf_tts.registry.blobs import start_writeback
 from hf_tts.registry.errors import RegistryError
 from hf_tts.registry.lfs import check_oid, check_size
 from hf_tts.registry.store import Entry
@@ -44,21 +45,14 @@ from hf_tts.registry.xet_format import MAX_XORB_BYTES, XetFormatError, XorbReade
 _BLOCK_BYTES = 1 << 20  # per worker-thread write: small, so concurrent uploads keep little memory
 _WRITER_THREADS = 8
 _BODY_WRITERS: ThreadPoolExecutor | None = None
-_IOV_MAX = 1024
 MAX_SHARD_BYTES = 64 << 20
 LFS_MEDIA_TYPE = "application/vnd.git-lfs+json"
 
 
-def _write_all(fd: int, pieces: list[bytes]) -> None:
-    """Write `pieces` at the descriptor's position with as few `writev` calls as the kernel allows (no joining copy)."""
-    views = [memoryview(piece) for piece in pieces]
-    while views:
-        written = os.writev(fd, views[:_IOV_MAX])
-        while views and written >= len(views[0]):
-            written -= len(views[0])
-            views.pop(0)
-        if written:
-            views[0] = views[0][written:]
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _body_writers() -> ThreadPoolExecutor:
@@ -69,7 +63,7 @@ def _body_writers() -> ThreadPoolExecutor:
 
 
 async def receive_to_file(
-    request: Request, path: Path, limit: int, consume: Callable[[list[bytes]], None] | None = None
+    request: Request, path: Path, limit: int, consume: Callable[[bytes], None] | None = None
 ) -> int:
     """Stream the request body into `path` (fsynced); returns its size. Every block of about `_BLOCK_BYTES` is also
     handed to `consume` (a hash, a xorb verifier) and written in a worker thread while the event loop receives the
@@ -78,21 +72,28 @@ async def receive_to_file(
     loop = asyncio.get_running_loop()
     fd = await anyio.to_thread.run_sync(os.open, path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
 
-    def write(pieces: list[bytes]) -> None:
+    def write(pieces: list[bytes], offset: int) -> None:
+        # One buffer per block: a hash or parser handed many 64-256 KiB pieces retakes the GIL after each of them,
+        # and waits for the event loop every time (measured: 6.2 -> 5.6 s for a 2 GiB LFS upload).
+        block = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         if consume is not None:
-            consume(pieces)
-        _write_all(fd, pieces)
+            consume(block)
+        _write_all(fd, block)
+        # The disk starts on these bytes now, so the fsync that ends the upload waits only for the last ones
+        # (curl PUT of a 2 GiB LFS object: 3.75 -> 3.2 s).
+        start_writeback(fd, offset, len(block))
 
     pending: asyncio.Future | None = None
     size = 0
     try:
         async for block in _body_blocks(request, _BLOCK_BYTES):
+            offset = size
             size += sum(len(piece) for piece in block)
             if size > limit:
                 raise RegistryError(413, f"request body is larger than {limit} bytes")
             if pending is not None:
                 await pending
-            pending = loop.run_in_executor(_body_writers(), write, block)
+            pending = loop.run_in_executor(_body_writers(), write, block, offset)
         if pending is not None:
             await pending
         await anyio.to_thread.run_sync(os.fsync, fd)
@@ -168,11 +169,7 @@ async def cas_upload_xorb(request: Request) -> Response:
     try:
         reader = XorbReader(hex_to_hash(xorb_hex))  # verified while it streams in: a bad xorb stops at its first error
 
-        def verify(pieces: list[bytes]) -> None:
-            for piece in pieces:
-                reader.feed(piece)
-
-        await receive_to_file(request, staged, MAX_XORB_BYTES + (8 << 20), verify)
+        await receive_to_file(request, staged, MAX_XORB_BYTES + (8 << 20), reader.feed)
         inserted = await anyio.to_thread.run_sync(registry.cas.put_xorb, xorb_hex, staged, reader)
     except XetFormatError as error:
         raise RegistryError(400, str(error)) from error
@@ -289,12 +286,8 @@ async def lfs_upload(request: Request) -> Response:
     staged = registry.lfs.staging_file()
     digest = hashlib.sha256()
 
-    def hash_block(pieces: list[bytes]) -> None:
-        for piece in pieces:
-            digest.update(piece)
-
     try:
-        staged.size = await receive_to_file(request, staged.path, size, hash_block)
+        staged.size = await receive_to_file(request, staged.path, size, digest.update)
         await anyio.to_thread.run_sync(registry.lfs.accept, repo.id, oid, size, staged, digest.hexdigest())
     finally:
         staged.path.unlink(missing_ok=True)
