@@ -12,7 +12,7 @@ import hashlib
 import os
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import anyio
@@ -69,7 +69,6 @@ async def receive_to_file(
     handed to `consume` (a hash, a xorb verifier) and written in a worker thread while the event loop receives the
     next block, so receiving, hashing and writing overlap with at most two blocks held per upload. On any error the
     file is removed (once a write in flight has finished with it)."""
-    loop = asyncio.get_running_loop()
     fd = await anyio.to_thread.run_sync(os.open, path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
 
     def write(pieces: list[bytes], offset: int) -> None:
@@ -83,7 +82,9 @@ async def receive_to_file(
         # (curl PUT of a 2 GiB LFS object: 3.75 -> 3.2 s).
         start_writeback(fd, offset, len(block))
 
-    pending: asyncio.Future | None = None
+    # A job in flight still uses the file when the request fails or is cancelled: it is shielded (a cancelled await
+    # must not let the descriptor be closed under a running write) and the file is closed once it is done.
+    pending: Future | None = None
     size = 0
     try:
         async for block in _body_blocks(request, _BLOCK_BYTES):
@@ -92,21 +93,21 @@ async def receive_to_file(
             if size > limit:
                 raise RegistryError(413, f"request body is larger than {limit} bytes")
             if pending is not None:
-                await pending
-            pending = loop.run_in_executor(_body_writers(), write, block, offset)
+                await asyncio.shield(asyncio.wrap_future(pending))
+            pending = _body_writers().submit(write, block, offset)
         if pending is not None:
-            await pending
+            await asyncio.shield(asyncio.wrap_future(pending))
         await anyio.to_thread.run_sync(os.fsync, fd)
     except BaseException:
 
-        def discard(finished: asyncio.Future | None = None) -> None:
+        def discard(finished: Future | None = None) -> None:
             if finished is not None and not finished.cancelled():
                 finished.exception()  # retrieved: the error being raised already says what went wrong
             os.close(fd)
             path.unlink(missing_ok=True)
 
-        if pending is not None and not pending.done():
-            pending.add_done_callback(discard)
+        if pending is not None:
+            pending.add_done_callback(discard)  # at once when it is done, else in its thread when it finishes
         else:
             discard()
         raise
