@@ -47,7 +47,7 @@ STATIC_SERVER = textwrap.dedent(
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0)); sock.listen(2048)
     print(f"http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
-    config = uvicorn.Config(app, http="h11", lifespan="off", log_level="warning", access_log=False, ws="none")
+    config = uvicorn.Config(app, http="httptools", lifespan="off", log_level="warning", access_log=False, ws="none")
     uvicorn.Server(config).run(sockets=[sock])
     """
 )
