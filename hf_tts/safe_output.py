@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 from hf_tts.errors import InputError
+from hf_tts.libc import libc_function
 
 OutputKind = Literal["dir", "file"]
 # A staging entry's name: `.<target name>.hf-tts-<pid>-<random>.<role>`; roles: staging, old, lock (and lock-new
@@ -396,7 +397,7 @@ _AT_FDCWD = -100
 def _rename_noreplace(source: Path, target: Path) -> None:
     """Rename that fails with FileExistsError instead of replacing an existing target (Linux renameat2); where the
     call or the file system lacks it, a hard link (files) or an exclusive mkdir claim (folders) does the same."""
-    renameat2 = getattr(_libc(), "renameat2", None)
+    renameat2 = libc_function("renameat2")
     if renameat2 is not None:
         result = renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_NOREPLACE)
         if result == 0:
@@ -412,13 +413,3 @@ def _rename_noreplace(source: Path, target: Path) -> None:
     else:
         os.link(source, target)
         os.unlink(source)
-
-
-_LIBC: ctypes.CDLL | None = None
-
-
-def _libc() -> ctypes.CDLL:
-    global _LIBC
-    if _LIBC is None:
-        _LIBC = ctypes.CDLL(None, use_errno=True)
-    return _LIBC

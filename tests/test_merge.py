@@ -638,12 +638,12 @@ def test_merge_command_sets_glibc_malloc_for_streaming(tmp_path, monkeypatch, fo
         raise InputError("stop here")
 
     monkeypatch.setattr(merge_module, "merge", stopping_merge)
-    monkeypatch.setattr(allocator, "_libc", RecordingLibc)
+    monkeypatch.setattr(allocator, "libc_function", lambda name, *types: getattr(RecordingLibc(), name, None))
     argv = ["merge", str(folders[0]), str(folders[1]), "--out", str(tmp_path / "out")]
     assert main(argv) == 2
     assert calls == [(-3, (4 << 20) + (64 << 10)), (-1, 32 << 20)]  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
-    monkeypatch.setattr(allocator, "_libc", object)
+    monkeypatch.setattr(allocator, "libc_function", lambda name, *types: None)
     assert main(argv) == 2 and len(calls) == 2
     monkeypatch.undo()
     if sys.platform == "linux":  # the real C library has the function the merge calls
-        assert callable(allocator._libc().mallopt)
+        assert callable(allocator.libc_function("mallopt"))

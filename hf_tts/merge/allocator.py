@@ -6,27 +6,13 @@ both are no-ops.
 
 from __future__ import annotations
 
-import ctypes
-import functools
-from collections.abc import Callable
+from hf_tts.libc import libc_function
 
 # glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 # Just above a worker's slice buffer (4 MiB: every input's slice of an elementwise merge), which stays on the heap.
 MMAP_THRESHOLD_BYTES = (4 << 20) + (64 << 10)
 TRIM_THRESHOLD_BYTES = 32 << 20
-
-
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None)  # the C library the process already uses
-
-
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    try:
-        return _libc().malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return None
 
 
 def release_freed_memory() -> None:
@@ -39,7 +25,7 @@ def release_freed_memory() -> None:
     afresh (karcher took 20 s against 12 s); the `hf-tts merge` program sets both thresholds for its process
     (`use_streaming_malloc_settings`), which a library call leaves alone.
     """
-    trim = _malloc_trim()
+    trim = libc_function("malloc_trim")
     if trim is not None:
         trim(0)
 
@@ -54,9 +40,8 @@ def use_streaming_malloc_settings() -> None:
     for SCE, at the same speed. Up to 32 MiB of freed heap is kept, so the per-slice temporaries of elementwise
     merges are not faulted in again for every slice (the threshold alone cost task_arithmetic 0.3 s).
     """
-    try:
-        mallopt = _libc().mallopt
-    except (OSError, AttributeError):  # not glibc
+    mallopt = libc_function("mallopt")
+    if mallopt is None:  # not glibc
         return
     mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
     mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)

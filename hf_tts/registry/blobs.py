@@ -10,7 +10,6 @@ that already exists refreshes its mtime, so an upload in flight never loses its 
 from __future__ import annotations
 
 import ctypes
-import functools
 import os
 import shutil
 import socket
@@ -19,6 +18,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from hf_tts.libc import libc_function
 from hf_tts.registry.commit_stream import StagedFile
 
 _HOST = socket.gethostname().replace("-", "_") or "host"
@@ -28,21 +28,11 @@ _LIVE_STAGING: set[str] = set()  # this process's staging folders (several store
 _SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h: start writeback of the range's dirty pages, do not wait for it
 
 
-@functools.cache
-def _sync_file_range() -> ctypes._CFuncPtr | None:
-    try:
-        function = ctypes.CDLL(None).sync_file_range  # Linux only
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    return function
-
-
 def start_writeback(fd: int, offset: int, length: int) -> None:
     """Have the kernel start writing `length` bytes at `offset` of a file being received to disk now, without
     waiting: the fsync that ends the upload then waits only for the last bytes instead of the whole file. A no-op
     where `sync_file_range` does not exist (the fsync still makes the file durable)."""
-    function = _sync_file_range()
+    function = libc_function("sync_file_range", ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
     if function is not None:
         function(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 

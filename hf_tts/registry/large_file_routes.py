@@ -169,9 +169,8 @@ async def cas_upload_xorb(request: Request) -> Response:
     staged = registry.store.tmp / f"xorb-{uuid.uuid4().hex}"
     try:
         reader = XorbReader(hex_to_hash(xorb_hex))  # verified while it streams in: a bad xorb stops at its first error
-
         await receive_to_file(request, staged, MAX_XORB_BYTES + (8 << 20), reader.feed)
-        inserted = await anyio.to_thread.run_sync(registry.cas.put_xorb, xorb_hex, staged, reader)
+        inserted = await anyio.to_thread.run_sync(registry.cas.put_xorb, staged, reader)
     except XetFormatError as error:
         raise RegistryError(400, str(error)) from error
     finally:
@@ -286,7 +285,6 @@ async def lfs_upload(request: Request) -> Response:
     registry.cas.check_signed(params.get("exp"), params.get("sig"), "lfs", repo.id, oid, size)
     staged = registry.lfs.staging_file()
     digest = hashlib.sha256()
-
     try:
         staged.size = await receive_to_file(request, staged.path, size, digest.update)
         await anyio.to_thread.run_sync(registry.lfs.accept, repo.id, oid, size, staged, digest.hexdigest())

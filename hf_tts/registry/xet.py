@@ -150,13 +150,12 @@ class XetCas:
         self._indexes.put(xorb_hex, found)
         return found
 
-    def put_xorb(self, xorb_hex: str, staged: Path, reader: XorbReader) -> bool:
+    def put_xorb(self, staged: Path, reader: XorbReader) -> bool:
         """Accept a received xorb file (moved into the store; the caller removes it when the xorb was already here):
-        `reader`, the `XorbReader` its bytes streamed through as they arrived, must find that its chunks hash to
-        `xorb_hex`. Returns whether it was new."""
+        `reader`, the `XorbReader` its bytes streamed through as they arrived, must find that its chunks hash to the
+        hash it was made for, the xorb's name. Returns whether it was new."""
+        xorb_hex = hash_to_hex(reader.expected_hash)
         try:
-            if hex_to_hash(xorb_hex) != reader.expected_hash:  # the name is also the stored file's name
-                raise XetFormatError(f"xorb {xorb_hex} was read against another hash")
             if self.has_xorb(xorb_hex):
                 with self.store.write() as conn:  # a re-upload keeps it young for gc, until its shard arrives
                     conn.execute(update(db.xorbs).where(db.xorbs.c.hash == xorb_hex).values(created_at=time.time()))
