@@ -5,6 +5,7 @@ across repos, and every bad upload is a specific 4xx that leaves nothing behind.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import json
 import os
@@ -353,3 +354,28 @@ def _with_sha256(shard: bytes, content: bytes) -> bytes:
     """Replace the single file's sha256 extension (the 48 bytes before the two bookends)."""
     end = len(shard) - 2 * len(xf.BOOKEND)
     return shard[: end - 48] + sha256_field(content) + bytes(16) + shard[end:]
+
+
+def test_a_xorb_malformed_past_its_first_blocks_is_refused_and_leaves_nothing(local_hub):
+    """The verifier runs in the writer thread while later blocks still arrive: a broken chunk header 3 MiB in is a
+    400 naming it, the staging file goes, and the connection still serves the next request."""
+    HfApi(endpoint=local_hub.url).create_repo("team/late")
+    write = xet_token(local_hub, "team/late", "write")
+    chunks = [os.urandom(60000) for _ in range(60)]  # ~3.4 MiB, raw chunks
+    xorb_hex, body = build_xorb(chunks, schemes=[0] * len(chunks))
+    broken = bytearray(body)
+    broken[(8 + 60000) * 55] = 7  # the version byte of chunk 55's header
+    connection = http.client.HTTPConnection(*local_hub.server_address[:2], timeout=30)
+    connection.request("POST", f"/cas/v1/xorbs/default/{xorb_hex}", bytes(broken), {"Authorization": f"Bearer {write}"})
+    response = connection.getresponse()
+    assert response.status == 400 and b"chunk header version 7" in response.read()
+    assert stored_xorbs(local_hub) == {}
+    deadline = time.monotonic() + 10
+    while [
+        p for p in Path(local_hub.store.tmp).iterdir() if p.name.startswith("xorb-")
+    ] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not [p for p in Path(local_hub.store.tmp).iterdir() if p.name.startswith("xorb-")]
+    connection.request("POST", f"/cas/v1/xorbs/default/{xorb_hex}", body, {"Authorization": f"Bearer {write}"})
+    response = connection.getresponse()
+    assert response.status == 200 and json.loads(response.read()) == {"was_inserted": True}
