@@ -3,9 +3,12 @@ import of a root written by the folder-based registry."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
+import random
 import time
 from pathlib import Path
 
@@ -16,6 +19,7 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from hf_tts.registry import schema as db
+from hf_tts.registry.blobs import BodyWriter
 from hf_tts.registry.commit_stream import CommitRequest, Operation, StagedFile, parse_commit_stream
 from hf_tts.registry.errors import RegistryError
 from hf_tts.registry.store import Store
@@ -159,6 +163,96 @@ def test_commit_parser_refuses_garbage_cleanly(tmp_path_factory, body):
     except RegistryError as error:
         assert 400 <= error.status < 500
     assert list(folder.iterdir()) == []
+
+
+def _blocks_of(data: bytes, sizes: list[list[int]]) -> list[list[bytes]]:
+    """`data` cut into blocks of pieces of the given sizes (the rest of `data` goes in a last piece)."""
+    blocks, position = [], 0
+    for block_sizes in sizes:
+        block = []
+        for size in block_sizes:
+            block.append(data[position : position + size])
+            position += size
+        blocks.append(block)
+    blocks.append([data[position:]])
+    return blocks
+
+
+def _direct_io_works(folder: Path) -> bool:
+    try:
+        os.close(os.open(folder / "probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o644))
+    except OSError:
+        return False
+    return True
+
+
+@FUZZ
+@given(
+    sizes=st.lists(st.lists(st.integers(0, 9000), min_size=1, max_size=5), max_size=6),
+    tail=st.integers(0, 20000),
+    direct=st.booleans(),
+)
+def test_body_writer_stores_any_blocks_exactly(tmp_path_factory, sizes, tail, direct):
+    """Blocks of any sizes (aligned or not to the 4 KiB that O_DIRECT needs) land byte-exact, and `consume` sees
+    every byte once, in order, before it is written."""
+    folder = tmp_path_factory.mktemp("body")
+    data = random.Random(len(sizes) * 7919 + tail).randbytes(sum(map(sum, sizes)) + tail)
+    seen = bytearray()
+    writer = BodyWriter(folder / "staged", direct=direct)
+    assert writer.direct == (direct and _direct_io_works(folder))
+    for block in _blocks_of(data, sizes):
+        writer.write(block, seen.extend)
+    assert writer.finish() == len(data)
+    assert (folder / "staged").read_bytes() == data and bytes(seen) == data
+
+
+def test_body_writer_takes_blocks_larger_than_its_buffer(tmp_path):
+    data = random.Random(3).randbytes(5 << 20)
+    writer = BodyWriter(tmp_path / "staged")
+    for block in _blocks_of(data, [[1000], [3 << 20], [1]]):  # an unaligned rest carried into a 3 MiB block
+        writer.write(block, None)
+    assert writer.finish() == len(data) and (tmp_path / "staged").read_bytes() == data
+
+
+def test_body_writer_falls_back_to_the_page_cache(tmp_path, monkeypatch):
+    """A file system that refuses O_DIRECT at open, a device that refuses our alignment at the first write, and a
+    short write that leaves the file unaligned: each upload still lands byte-exact."""
+    data = random.Random(5).randbytes(3 * 4096 + 100)
+    real_open, real_write = os.open, os.write
+
+    def refusing_open(path, flags, mode=0o777):  # noqa: ANN001, ANN202
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    writer = BodyWriter(tmp_path / "refused-open")
+    assert not writer.direct
+    writer.write([data], None)
+    assert writer.finish() == len(data) and (tmp_path / "refused-open").read_bytes() == data
+    monkeypatch.setattr(os, "open", real_open)
+
+    for name, first_write in (("refused-write", None), ("short-write", 5000), ("aligned-short-write", 4096)):
+        calls = []
+
+        def flaky_write(fd, view, first_write=first_write, calls=calls):  # noqa: ANN001, ANN202
+            calls.append(len(view))
+            if len(calls) > 1:
+                return real_write(fd, view)
+            if first_write is None:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            # O_DIRECT is cleared first, so the partial write itself needs no alignment
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+            return real_write(fd, view[:first_write])
+
+        monkeypatch.setattr(os, "write", flaky_write)
+        writer = BodyWriter(tmp_path / name)
+        direct = writer.direct
+        writer.write([data[:9000], data[9000:]], None)
+        monkeypatch.setattr(os, "write", real_write)
+        assert writer.finish() == len(data) and (tmp_path / name).read_bytes() == data, name
+        if direct:
+            assert len(calls) >= 2, name
 
 
 def test_commit_parser_limits(tmp_path):

@@ -10,12 +10,15 @@ that already exists refreshes its mtime, so an upload in flight never loses its 
 from __future__ import annotations
 
 import ctypes
+import errno
+import fcntl
+import mmap
 import os
 import shutil
 import socket
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from hf_tts.libc import libc_function
@@ -26,6 +29,7 @@ _LIVE_STAGING: set[str] = set()  # this process's staging folders (several store
 
 
 _SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h: start writeback of the range's dirty pages, do not wait for it
+_DIRECT_ALIGNMENT = 4096  # offsets, lengths and buffer addresses of O_DIRECT writes (any logical block size up to 4K)
 
 
 def start_writeback(fd: int, offset: int, length: int) -> None:
@@ -35,6 +39,118 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     function = libc_function("sync_file_range", ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
     if function is not None:
         function(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class BodyWriter:
+    """Writes a request body, block by block, into a new file, bypassing the page cache (O_DIRECT) where the file
+    system allows it.
+
+    Why: copying received bytes into the page cache was the largest single cost of an upload (a fifth of the
+    registry's CPU for a multi-GB push on two cores), and the bytes are not read again soon (a blob is hashed as it
+    arrives). Each block is copied once into an aligned buffer (which replaces joining its pieces), handed to
+    `consume`, and the aligned part written straight to disk; the unaligned rest waits for the next block, the last
+    few bytes are written through the page cache. Where O_DIRECT is refused (tmpfs, some network file systems) the
+    blocks go through the page cache, their writeback started at once. Not thread-safe: one block at a time."""
+
+    def __init__(self, path: Path, direct: bool = True):
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+        self.fd = -1
+        self._buffer: mmap.mmap | None = None
+        self._carried = 0  # unwritten bytes at the start of the buffer (less than one alignment unit)
+        self.size = 0  # bytes received
+        self.direct = False  # whether blocks are being written with O_DIRECT
+        if direct:
+            try:
+                self.fd = os.open(path, flags | os.O_DIRECT, 0o644)
+                self.direct = True
+            except OSError as error:
+                if error.errno != errno.EINVAL:
+                    raise
+        if self.fd < 0:
+            self.fd = os.open(path, flags, 0o644)
+
+    def write(self, pieces: list[bytes], consume: Callable[[bytes | memoryview], None] | None = None) -> None:
+        """Append `pieces` (one block of the body), handing their bytes to `consume` first."""
+        length = sum(len(piece) for piece in pieces)
+        if not self.direct:
+            # One buffer per block: a hash or parser handed many 64-256 KiB pieces retakes the GIL after each of
+            # them, and waits for the event loop every time (measured: 6.2 -> 5.6 s for a 2 GiB LFS upload).
+            block = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            if consume is not None:
+                consume(block)
+            _write_all(self.fd, block)
+            start_writeback(self.fd, self.size, length)
+            self.size += length
+            return
+        end = self._carried + length
+        if self._buffer is None:
+            self._buffer = mmap.mmap(-1, max(end, 2 << 20) + _DIRECT_ALIGNMENT)  # page-aligned
+        elif end > len(self._buffer):
+            larger = mmap.mmap(-1, end + _DIRECT_ALIGNMENT)
+            larger[: self._carried] = self._buffer[: self._carried]
+            self._buffer.close()
+            self._buffer = larger
+        position = self._carried
+        for piece in pieces:
+            self._buffer[position : position + len(piece)] = piece
+            position += len(piece)
+        with memoryview(self._buffer) as view:
+            if consume is not None:
+                consume(view[self._carried : end])
+            written = self._write_out(view[:end])
+        self._buffer.move(0, written, end - written)
+        self._carried = end - written
+        self.size += length
+
+    def _write_out(self, view: memoryview) -> int:
+        """Write the aligned start of `view` with O_DIRECT, or all of it once direct writes have stopped; returns
+        how many bytes were written."""
+        aligned = len(view) - len(view) % _DIRECT_ALIGNMENT
+        written = 0
+        while self.direct and written < aligned:
+            try:
+                count = os.write(self.fd, view[written:aligned])
+            except OSError as error:
+                if error.errno != errno.EINVAL:
+                    raise
+                self._stop_direct()  # the device wants a larger alignment than ours: the page cache from here on
+                break
+            written += count
+            if count % _DIRECT_ALIGNMENT:
+                self._stop_direct()  # a short write (disk nearly full) left the file unaligned
+        if not self.direct:
+            _write_all(self.fd, view[written:])
+            written = len(view)
+        return written
+
+    def _stop_direct(self) -> None:
+        fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+        self.direct = False
+
+    def finish(self) -> int:
+        """Write what is left, make the file durable, close it; returns the body's size."""
+        if self._carried:
+            self._stop_direct()
+            with memoryview(self._buffer) as view:
+                _write_all(self.fd, view[: self._carried])
+            self._carried = 0
+        os.fsync(self.fd)
+        self.close()
+        return self.size
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self._buffer is not None:
+            self._buffer.close()
+            self._buffer = None
 
 
 def _pid_alive(pid: int) -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -36,7 +35,7 @@ from hf_tts.registry.app import (
     _segment,
     _writable_repo,
 )
-from hf_tts.registry.blobs import start_writeback
+from hf_tts.registry.blobs import BodyWriter
 from hf_tts.registry.errors import RegistryError
 from hf_tts.registry.lfs import check_oid, check_size
 from hf_tts.registry.store import Entry
@@ -49,12 +48,6 @@ MAX_SHARD_BYTES = 64 << 20
 LFS_MEDIA_TYPE = "application/vnd.git-lfs+json"
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
 def _body_writers() -> ThreadPoolExecutor:
     global _BODY_WRITERS
     if _BODY_WRITERS is None:
@@ -63,47 +56,38 @@ def _body_writers() -> ThreadPoolExecutor:
 
 
 async def receive_to_file(
-    request: Request, path: Path, limit: int, consume: Callable[[bytes], None] | None = None
+    request: Request,
+    path: Path,
+    limit: int,
+    consume: Callable[[bytes | memoryview], None] | None = None,
+    direct: bool = True,
 ) -> int:
     """Stream the request body into `path` (fsynced); returns its size. Every block of about `_BLOCK_BYTES` is also
     handed to `consume` (a hash, a xorb verifier) and written in a worker thread while the event loop receives the
     next block, so receiving, hashing and writing overlap with at most two blocks held per upload. On any error the
     file is removed (once a write in flight has finished with it)."""
-    fd = await anyio.to_thread.run_sync(os.open, path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-
-    def write(pieces: list[bytes], offset: int) -> None:
-        # One buffer per block: a hash or parser handed many 64-256 KiB pieces retakes the GIL after each of them,
-        # and waits for the event loop every time (measured: 6.2 -> 5.6 s for a 2 GiB LFS upload).
-        block = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-        if consume is not None:
-            consume(block)
-        _write_all(fd, block)
-        # The disk starts on these bytes now, so the fsync that ends the upload waits only for the last ones
-        # (curl PUT of a 2 GiB LFS object: 3.75 -> 3.2 s).
-        start_writeback(fd, offset, len(block))
-
+    writer = await anyio.to_thread.run_sync(BodyWriter, path, direct)
     # A job in flight still uses the file when the request fails or is cancelled: it is shielded (a cancelled await
     # must not let the descriptor be closed under a running write) and the file is closed once it is done.
     pending: Future | None = None
     size = 0
     try:
         async for block in _body_blocks(request, _BLOCK_BYTES):
-            offset = size
             size += sum(len(piece) for piece in block)
             if size > limit:
                 raise RegistryError(413, f"request body is larger than {limit} bytes")
             if pending is not None:
                 await asyncio.shield(asyncio.wrap_future(pending))
-            pending = _body_writers().submit(write, block, offset)
+            pending = _body_writers().submit(writer.write, block, consume)
         if pending is not None:
             await asyncio.shield(asyncio.wrap_future(pending))
-        await anyio.to_thread.run_sync(os.fsync, fd)
+        return await anyio.to_thread.run_sync(writer.finish)
     except BaseException:
 
         def discard(finished: Future | None = None) -> None:
             if finished is not None and not finished.cancelled():
                 finished.exception()  # retrieved: the error being raised already says what went wrong
-            os.close(fd)
+            writer.close()
             path.unlink(missing_ok=True)
 
         if pending is not None:
@@ -111,8 +95,6 @@ async def receive_to_file(
         else:
             discard()
         raise
-    os.close(fd)
-    return size
 
 
 def _cas_bearer(request: Request) -> str | None:
@@ -169,7 +151,7 @@ async def cas_upload_xorb(request: Request) -> Response:
     staged = registry.store.tmp / f"xorb-{uuid.uuid4().hex}"
     try:
         reader = XorbReader(hex_to_hash(xorb_hex))  # verified while it streams in: a bad xorb stops at its first error
-        await receive_to_file(request, staged, MAX_XORB_BYTES + (8 << 20), reader.feed)
+        await receive_to_file(request, staged, MAX_XORB_BYTES + (8 << 20), reader.feed, direct=False)
         inserted = await anyio.to_thread.run_sync(registry.cas.put_xorb, staged, reader)
     except XetFormatError as error:
         raise RegistryError(400, str(error)) from error
