@@ -249,8 +249,8 @@ def test_body_writer_falls_back_to_the_page_cache(tmp_path, monkeypatch):
         writer = BodyWriter(tmp_path / name)
         direct = writer.direct
         writer.write([data[:9000], data[9000:]], None)
-        monkeypatch.setattr(os, "write", real_write)
         assert writer.finish() == len(data) and (tmp_path / name).read_bytes() == data, name
+        monkeypatch.setattr(os, "write", real_write)
         if direct:
             assert len(calls) >= 2, name
 
