@@ -4,6 +4,7 @@ an unknown or foreign `lfsFile` oid are each a specific 4xx that leaves nothing 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -19,6 +20,7 @@ from huggingface_hub.utils import get_session, hf_raise_for_status
 
 from hf_tts.cli import main as cli_main
 from hf_tts.registry import LocalHubServer
+from hf_tts.registry.blobs import BodyWriter
 from tests.registry_utils import request
 
 BIG_MB = int(os.environ.get("HF_TTS_TEST_LFS_MB", "120"))
@@ -140,6 +142,42 @@ def test_bad_lfs_uploads_are_refused_and_commit_nothing(local_hub, no_xet):
     assert local_hub.store.blobs.path(hashlib.sha256(keep).hexdigest()).exists()
     response, body = request(local_hub, "GET", "/team/a/resolve/main/keep.bin")
     assert response.status == 200 and body == keep
+
+
+def test_a_full_disk_is_a_507_that_stores_and_commits_nothing(local_hub, no_xet, monkeypatch, tmp_path, caplog):
+    """The disk fills up in the middle of an upload: huggingface_hub gets a 507 saying what to do (it does not retry
+    it), the registry logs one line instead of a traceback, no staging file or blob is left, nothing is committed;
+    once space is back the same push lands."""
+    api = HfApi(endpoint=local_hub.url)
+    api.create_repo("team/full")
+    head = api.model_info("team/full").sha
+    data = os.urandom(3 << 20)
+    (tmp_path / "w.safetensors").write_bytes(data)
+    write = BodyWriter.write
+    blocks = []
+
+    def fill_up(self, pieces, consume=None):  # noqa: ANN001, ANN202
+        blocks.append(len(pieces))
+        if len(blocks) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return write(self, pieces, consume)
+
+    monkeypatch.setattr(BodyWriter, "write", fill_up)
+    with pytest.raises(RuntimeError, match="Error while uploading") as failed:  # huggingface_hub's wrapper
+        api.upload_file(
+            path_or_fileobj=str(tmp_path / "w.safetensors"), path_in_repo="w.safetensors", repo_id="team/full"
+        )
+    full = failed.value.__cause__
+    assert isinstance(full, HfHubHTTPError) and full.response.status_code == 507 and "storage is full" in str(full)
+    assert len(blocks) == 2  # refused at once, not retried
+    assert "storage is full" in caplog.text and "Traceback" not in caplog.text
+    assert api.model_info("team/full").sha == head
+    assert list(local_hub.store.blobs.staging.iterdir()) == []
+    assert not local_hub.store.blobs.path(hashlib.sha256(data).hexdigest()).exists()
+
+    monkeypatch.setattr(BodyWriter, "write", write)
+    api.upload_file(path_or_fileobj=str(tmp_path / "w.safetensors"), path_in_repo="w.safetensors", repo_id="team/full")
+    assert Path(hf_hub_download("team/full", "w.safetensors", cache_dir=str(tmp_path / "c"))).read_bytes() == data
 
 
 def test_a_stalled_upload_gets_408_and_a_slow_steady_one_lands(tmp_path, no_xet):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import fnmatch
 import gzip
 import hashlib
@@ -1117,6 +1118,22 @@ async def not_found(request: Request, error: Exception) -> Response:
     return _json({"error": message}, status, {"X-Error-Message": _header_value(message)})
 
 
+_STORAGE_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+async def storage_error(request: Request, error: Exception) -> Response:
+    """A full disk (or quota) while a body is written: 507 with what to do, one log line. The upload's staging file
+    is already gone and nothing was committed. Any other OS error is a bug: it goes on to `internal_error`."""
+    if not isinstance(error, OSError) or error.errno not in _STORAGE_FULL:
+        raise error
+    logger.warning("%s %s: the registry's storage is full (%s)", request.method, request.url.path, error.strerror)
+    message = (
+        f"the registry's storage is full ({error.strerror}); nothing was stored or committed. Free space on the "
+        "registry's disk (`hf-tts hub gc` reclaims uploads no commit uses) and push again"
+    )
+    return _json({"error": message}, 507, {"X-Error-Message": _header_value(message)})
+
+
 async def internal_error(request: Request, error: Exception) -> Response:
     # The traceback goes to the log (uvicorn's error logger, kept even with --quiet); the client learns nothing of
     # the internals.
@@ -1183,7 +1200,12 @@ def create_app(store: Store, policy: AccessPolicy, settings: AppSettings) -> Cal
 
     app = Starlette(
         routes=ROUTES,
-        exception_handlers={RegistryError: registry_error, HTTPException: not_found, Exception: internal_error},
+        exception_handlers={
+            RegistryError: registry_error,
+            HTTPException: not_found,
+            OSError: storage_error,
+            Exception: internal_error,
+        },
     )
     app.state.registry = Registry(store, policy, settings)
     app.add_middleware(web.SecurityHeaders)  # CSP (no script anywhere) and nosniff on every answer
