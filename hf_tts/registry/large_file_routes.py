@@ -64,8 +64,9 @@ async def receive_to_file(
 ) -> int:
     """Stream the request body into `path` (fsynced); returns its size. Every block of about `_BLOCK_BYTES` is also
     handed to `consume` (a hash, a xorb verifier) and written in a worker thread while the event loop receives the
-    next block, so receiving, hashing and writing overlap with at most two blocks held per upload. On any error the
-    file is removed (once a write in flight has finished with it)."""
+    next block, so receiving, hashing and writing overlap with at most two blocks held per upload. `direct` writes
+    around the page cache where the file system allows (`BodyWriter`). On any error the file is removed (once a write
+    in flight has finished with it)."""
     writer = await anyio.to_thread.run_sync(BodyWriter, path, direct)
     # A job in flight still uses the file when the request fails or is cancelled: it is shielded (a cancelled await
     # must not let the descriptor be closed under a running write) and the file is closed once it is done.
@@ -151,6 +152,7 @@ async def cas_upload_xorb(request: Request) -> Response:
     staged = registry.store.tmp / f"xorb-{uuid.uuid4().hex}"
     try:
         reader = XorbReader(hex_to_hash(xorb_hex))  # verified while it streams in: a bad xorb stops at its first error
+        # Through the page cache: the shard that follows reads the xorbs back at once to check the file's sha256.
         await receive_to_file(request, staged, MAX_XORB_BYTES + (8 << 20), reader.feed, direct=False)
         inserted = await anyio.to_thread.run_sync(registry.cas.put_xorb, staged, reader)
     except XetFormatError as error:
