@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from hf_tts.registry import schema as db
-from hf_tts.registry.blobs import BodyWriter
+from hf_tts.registry.blobs import BodyWriter, read_ranges_around_cache
 from hf_tts.registry.commit_stream import CommitRequest, Operation, StagedFile, parse_commit_stream
 from hf_tts.registry.errors import RegistryError
 from hf_tts.registry.store import Store
@@ -220,12 +220,7 @@ def test_body_writer_falls_back_to_the_page_cache(tmp_path, monkeypatch):
     data = random.Random(5).randbytes(3 * 4096 + 100)
     real_open, real_write = os.open, os.write
 
-    def refusing_open(path, flags, mode=0o777):  # noqa: ANN001, ANN202
-        if flags & os.O_DIRECT:
-            raise OSError(errno.EINVAL, "Invalid argument")
-        return real_open(path, flags, mode)
-
-    monkeypatch.setattr(os, "open", refusing_open)
+    monkeypatch.setattr(os, "open", lambda path, flags, *mode: refuse_direct(real_open, path, flags, *mode))
     writer = BodyWriter(tmp_path / "refused-open")
     assert not writer.direct
     writer.write([data], None)
@@ -253,6 +248,52 @@ def test_body_writer_falls_back_to_the_page_cache(tmp_path, monkeypatch):
         monkeypatch.setattr(os, "write", real_write)
         if direct:
             assert len(calls) >= 2, name
+
+
+@FUZZ
+@given(
+    sizes=st.tuples(st.integers(0, 70000), st.integers(1, 70000)),
+    spans=st.lists(st.tuples(st.booleans(), st.integers(0, 70000), st.integers(0, 70000)), max_size=12),
+    ahead=st.integers(0, 4),
+    direct=st.booleans(),
+)
+def test_ranges_read_around_the_page_cache_are_exact(tmp_path_factory, monkeypatch, sizes, spans, ahead, direct):
+    """Any ranges of two files (unaligned starts and ends, repeats, backwards), read ahead by threads, with O_DIRECT
+    or where the file system refuses it, come out byte-exact and in order."""
+    folder = tmp_path_factory.mktemp("ranges")
+    files = []
+    for number, size in enumerate(sizes):
+        path = folder / f"f{number}"
+        path.write_bytes(random.Random(size).randbytes(size))
+        files.append((path, path.read_bytes()))
+    ranges = []
+    for second, a, b in spans:
+        path, data = files[second]
+        start, end = sorted((a % (len(data) + 1), b % (len(data) + 1)))
+        ranges.append((path, start, end))
+    if not direct:
+        real_open = os.open
+        monkeypatch.setattr(os, "open", lambda path, flags, *mode: refuse_direct(real_open, path, flags, *mode))
+    got = [bytes(view) for view in read_ranges_around_cache(ranges, ahead=ahead)]
+    assert got == [dict(files)[path][start:end] for path, start, end in ranges]
+
+
+def refuse_direct(real_open, path, flags, *mode):  # noqa: ANN001, ANN201
+    if flags & os.O_DIRECT:
+        raise OSError(errno.EINVAL, "Invalid argument")
+    return real_open(path, flags, *mode)
+
+
+def test_reading_ranges_stops_cleanly(tmp_path):
+    """A range past the end of its file is an error naming the file; a reader dropped halfway waits for its reads in
+    flight and frees its buffers."""
+    path = tmp_path / "f"
+    path.write_bytes(bytes(10000))
+    with pytest.raises(OSError, match="ends 5000 bytes before byte 15000"):
+        list(read_ranges_around_cache([(path, 0, 100), (path, 9000, 15000)]))
+    views = read_ranges_around_cache([(path, start, start + 1000) for start in range(0, 9000, 1000)], ahead=3)
+    assert bytes(next(views)) == bytes(1000)
+    views.close()
 
 
 def test_commit_parser_limits(tmp_path):

@@ -18,7 +18,10 @@ import shutil
 import socket
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from pathlib import Path
 
 from hf_tts.libc import libc_function
@@ -151,6 +154,80 @@ class BodyWriter:
         if self._buffer is not None:
             self._buffer.close()
             self._buffer = None
+
+
+_DISK_READERS: ThreadPoolExecutor | None = None
+
+
+def _disk_readers() -> ThreadPoolExecutor:
+    global _DISK_READERS
+    if _DISK_READERS is None:
+        _DISK_READERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hf-tts-disk-read")
+    return _DISK_READERS
+
+
+def _read_around_cache(path: Path, start: int, end: int, buffer: mmap.mmap) -> int:
+    """Read the aligned span holding [start, end) of `path` into `buffer` (O_DIRECT where allowed); returns where
+    `start` lies in the buffer."""
+    aligned = start - start % _DIRECT_ALIGNMENT
+    length = -(-(end - aligned) // _DIRECT_ALIGNMENT) * _DIRECT_ALIGNMENT
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECT)
+    except OSError as error:
+        if error.errno != errno.EINVAL:
+            raise
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with memoryview(buffer) as view:
+            got = 0
+            while got < end - aligned:
+                count = os.preadv(fd, [view[got:length]], aligned + got)
+                if count == 0:
+                    raise OSError(errno.EIO, f"{path} ends {end - aligned - got} bytes before byte {end}")
+                got += count
+    finally:
+        os.close(fd)
+    return start - aligned
+
+
+def read_ranges_around_cache(ranges: Iterable[tuple[Path, int, int]], ahead: int = 2) -> Iterator[memoryview]:
+    """The bytes of each (file, start, end) range in turn, read around the page cache (O_DIRECT where the file system
+    allows it) by threads up to `ahead` ranges in advance. Each view is valid until the next one is asked for.
+
+    For one pass over data written around the page cache (`BodyWriter`): the sha256 check of a newly pushed Xet file
+    reads its xorbs once, and through the page cache every block would first need a page (reclaimed from others
+    once memory is full) and a copy."""
+    pending = iter(ranges)
+    spare: list[mmap.mmap] = []
+    reading: deque[tuple[Future, mmap.mmap, int]] = deque()
+
+    def read_next() -> None:
+        for path, start, end in pending:
+            size = end - start + 2 * _DIRECT_ALIGNMENT
+            buffer = spare.pop() if spare and len(spare[-1]) >= size else mmap.mmap(-1, max(size, 4 << 20))
+            reading.append((_disk_readers().submit(_read_around_cache, path, start, end, buffer), buffer, end - start))
+            return
+
+    for _ in range(ahead + 1):
+        read_next()
+    given: mmap.mmap | None = None
+    try:
+        while reading:
+            done, buffer, length = reading.popleft()
+            skip = done.result()
+            if given is not None:
+                spare.append(given)  # the caller asked for the next range: it is done with the previous one
+            given = buffer
+            read_next()
+            with memoryview(buffer) as view:
+                yield view[skip : skip + length]
+    finally:
+        for done, buffer, _ in reading:
+            done.exception()  # a read in flight still fills its buffer
+            spare.append(buffer)
+        for buffer in [*spare, *([given] if given is not None else [])]:
+            with suppress(BufferError):  # a view the caller still holds keeps it alive; freed with the last one
+                buffer.close()
 
 
 def _pid_alive(pid: int) -> bool:

@@ -152,8 +152,7 @@ async def cas_upload_xorb(request: Request) -> Response:
     staged = registry.store.tmp / f"xorb-{uuid.uuid4().hex}"
     try:
         reader = XorbReader(hex_to_hash(xorb_hex))  # verified while it streams in: a bad xorb stops at its first error
-        # Through the page cache: the shard that follows reads the xorbs back at once to check the file's sha256.
-        await receive_to_file(request, staged, MAX_XORB_BYTES + (8 << 20), reader.feed, direct=False)
+        await receive_to_file(request, staged, MAX_XORB_BYTES + (8 << 20), reader.feed)
         inserted = await anyio.to_thread.run_sync(registry.cas.put_xorb, staged, reader)
     except XetFormatError as error:
         raise RegistryError(400, str(error)) from error

@@ -21,6 +21,7 @@ import os
 import secrets
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from hf_tts.registry import schema as db
+from hf_tts.registry.blobs import read_ranges_around_cache
 from hf_tts.registry.errors import RegistryError
 from hf_tts.registry.store import LRU, Store
 from hf_tts.registry.xet_format import (
@@ -35,6 +37,8 @@ from hf_tts.registry.xet_format import (
     XetFormatError,
     XorbIndex,
     XorbReader,
+    chunk_blocks,
+    decode_block,
     dedupe_eligible,
     dedupe_shard,
     file_hash,
@@ -364,10 +368,22 @@ class XetCas:
             yield bytes(buffer)
 
     def file_sha256(self, item: XetFile) -> str:
-        """The sha256 of a Xet file's bytes, rebuilt from its xorbs (hashed from the read blocks, without copies)."""
+        """The sha256 of a Xet file's bytes, rebuilt from its xorbs. They are read around the page cache, as they
+        were written, a few blocks ahead of the hashing (`read_ranges_around_cache`)."""
         digest = hashlib.sha256()
-        for data in self._iter_views(item, 0, item.size):
-            digest.update(data)
+        blocks = [
+            (xorb_hex, index, first, last)
+            for xorb_hex, index, span_first, span_end, _ in self._spans(item, 0, item.size)
+            for first, last in chunk_blocks(index, span_first, span_end)
+        ]
+        ranges = (
+            (self.xorb_path(xorb), index.offsets[first], index.byte_end(last - 1))
+            for xorb, index, first, last in blocks
+        )
+        with closing(read_ranges_around_cache(ranges)) as views:
+            for (_, _, first, last), view in zip(blocks, views):
+                for data in decode_block(view, last - first):
+                    digest.update(data)
         return digest.hexdigest()
 
     def reconstruction(self, item: XetFile, start: int, end: int, xorb_url: str) -> dict:

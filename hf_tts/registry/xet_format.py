@@ -318,24 +318,34 @@ class XorbReader:
 READ_BLOCK = 4 << 20  # bytes of a stored xorb read at a time when its chunks are decoded
 
 
-def iter_chunks(stream: BinaryIO, index: XorbIndex, start: int, end: int) -> Iterator[bytes | memoryview]:
-    """The decoded chunks [start, end) of a stored (already verified) xorb, read in blocks of about `READ_BLOCK`
-    bytes. Uncompressed chunks come as views into the block (no copy), valid while the consumer holds them."""
+def chunk_blocks(index: XorbIndex, start: int, end: int) -> Iterator[tuple[int, int]]:
+    """The chunks [start, end) of a stored xorb in read blocks of about `READ_BLOCK` bytes: (first, end) chunk
+    numbers of each block (a block holds at least one chunk). Its bytes are [offsets[first], byte_end(end - 1))."""
     chunk = start
     while chunk < end:
-        block_start = index.offsets[chunk]
         last = chunk + 1
-        while last < end and index.byte_end(last) - block_start <= READ_BLOCK:
+        while last < end and index.byte_end(last) - index.offsets[chunk] <= READ_BLOCK:
             last += 1
-        stream.seek(block_start)
-        block = memoryview(stream.read(index.byte_end(last - 1) - block_start))
-        position = 0
-        for _ in range(chunk, last):
-            compressed_size, scheme, size = read_chunk_header(block[position : position + CHUNK_HEADER.size])
-            payload = block[position + CHUNK_HEADER.size : position + CHUNK_HEADER.size + compressed_size]
-            yield payload if scheme == 0 and len(payload) == size else decode_chunk(scheme, payload, size)
-            position += CHUNK_HEADER.size + compressed_size
+        yield chunk, last
         chunk = last
+
+
+def decode_block(block: memoryview, count: int) -> Iterator[bytes | memoryview]:
+    """The decoded chunks of a read block holding `count` whole chunks. Uncompressed chunks come as views into the
+    block (no copy), valid while the block is."""
+    position = 0
+    for _ in range(count):
+        compressed_size, scheme, size = read_chunk_header(block[position : position + CHUNK_HEADER.size])
+        payload = block[position + CHUNK_HEADER.size : position + CHUNK_HEADER.size + compressed_size]
+        yield payload if scheme == 0 and len(payload) == size else decode_chunk(scheme, payload, size)
+        position += CHUNK_HEADER.size + compressed_size
+
+
+def iter_chunks(stream: BinaryIO, index: XorbIndex, start: int, end: int) -> Iterator[bytes | memoryview]:
+    """The decoded chunks [start, end) of a stored (already verified) xorb, read from `stream` block by block."""
+    for first, last in chunk_blocks(index, start, end):
+        stream.seek(index.offsets[first])
+        yield from decode_block(memoryview(stream.read(index.byte_end(last - 1) - index.offsets[first])), last - first)
 
 
 # --- shards -----------------------------------------------------------------------------------------------------------
