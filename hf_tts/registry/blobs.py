@@ -55,11 +55,13 @@ class BodyWriter:
     system allows it.
 
     Why: copying received bytes into the page cache was the largest single cost of an upload (a fifth of the
-    registry's CPU for a multi-GB push on two cores), and the bytes are not read again soon (a blob is hashed as it
-    arrives). Each block is copied once into an aligned buffer (which replaces joining its pieces), handed to
-    `consume`, and the aligned part written straight to disk; the unaligned rest waits for the next block, the last
-    few bytes are written through the page cache. Where O_DIRECT is refused (tmpfs, some network file systems) the
-    blocks go through the page cache, their writeback started at once. Not thread-safe: one block at a time."""
+    registry's CPU for a multi-GB push on two cores, much more once memory is full and every new page must be
+    reclaimed first), and an upload is verified as it arrives: an LFS object is never read back before a download,
+    xorbs once, by the shard's sha256 check, itself around the cache (`read_ranges_around_cache`). Each block is
+    copied once into an aligned buffer (which replaces joining its pieces), handed to `consume`, and the aligned part
+    written straight to disk; the unaligned rest waits for the next block, the last few bytes are written through
+    the page cache. Where O_DIRECT is refused (some file systems) the blocks go through the page cache, their
+    writeback started at once. Not thread-safe: one block at a time."""
 
     def __init__(self, path: Path, direct: bool = True):
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC

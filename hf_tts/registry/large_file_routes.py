@@ -60,14 +60,13 @@ async def receive_to_file(
     path: Path,
     limit: int,
     consume: Callable[[bytes | memoryview], None] | None = None,
-    direct: bool = True,
 ) -> int:
     """Stream the request body into `path` (fsynced); returns its size. Every block of about `_BLOCK_BYTES` is also
     handed to `consume` (a hash, a xorb verifier) and written in a worker thread while the event loop receives the
-    next block, so receiving, hashing and writing overlap with at most two blocks held per upload. `direct` writes
-    around the page cache where the file system allows (`BodyWriter`). On any error the file is removed (once a write
-    in flight has finished with it)."""
-    writer = await anyio.to_thread.run_sync(BodyWriter, path, direct)
+    next block, so receiving, hashing and writing overlap with at most two blocks held per upload; the file is written
+    around the page cache where the file system allows it (`BodyWriter`). On any error the file is removed (once a
+    write in flight has finished with it)."""
+    writer = await anyio.to_thread.run_sync(BodyWriter, path)
     # A job in flight still uses the file when the request fails or is cancelled: it is shielded (a cancelled await
     # must not let the descriptor be closed under a running write) and the file is closed once it is done.
     pending: Future | None = None
