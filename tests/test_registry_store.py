@@ -284,6 +284,18 @@ def refuse_direct(real_open, path, flags, *mode):  # noqa: ANN001, ANN201
     return real_open(path, flags, *mode)
 
 
+def test_ranges_larger_than_the_read_buffers(tmp_path):
+    """Ranges past the 4 MiB buffers get larger ones, while the caller still holds the view it was given last."""
+    data = random.Random(11).randbytes(13 << 20)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    ranges = [(0, 1000), (5, 6 << 20), (4096, 4096 + 10), (100, (9 << 20) + 3), (3, 5), ((4 << 20) - 1, 13 << 20)]
+    view = None
+    for view, (start, end) in zip(read_ranges_around_cache([(path, a, b) for a, b in ranges], ahead=1), ranges):
+        assert bytes(view) == data[start:end]
+    assert view is not None
+
+
 def test_reading_ranges_stops_cleanly(tmp_path):
     """A range past the end of its file is an error naming the file; a reader dropped halfway waits for its reads in
     flight and frees its buffers."""

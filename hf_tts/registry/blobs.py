@@ -206,7 +206,9 @@ def read_ranges_around_cache(ranges: Iterable[tuple[Path, int, int]], ahead: int
     def read_next() -> None:
         for path, start, end in pending:
             size = end - start + 2 * _DIRECT_ALIGNMENT
-            buffer = spare.pop() if spare and len(spare[-1]) >= size else mmap.mmap(-1, max(size, 4 << 20))
+            buffer = spare.pop() if spare else None
+            if buffer is None or len(buffer) < size:  # a smaller one is dropped (the caller may still hold a view)
+                buffer = mmap.mmap(-1, max(size, 4 << 20))
             reading.append((_disk_readers().submit(_read_around_cache, path, start, end, buffer), buffer, end - start))
             return
 
