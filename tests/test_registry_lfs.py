@@ -175,6 +175,17 @@ def test_a_full_disk_is_a_507_that_stores_and_commits_nothing(local_hub, no_xet,
     assert list(local_hub.store.blobs.staging.iterdir()) == []
     assert not local_hub.store.blobs.path(hashlib.sha256(data).hexdigest()).exists()
 
+    # Any other disk error is not disguised as a full disk: a 500 that shows no internals.
+    def fail(self, pieces, consume=None):  # noqa: ANN001, ANN202
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(BodyWriter, "write", fail)
+    oid = hashlib.sha256(data).hexdigest()
+    href = batch(local_hub, "team/full", oid, len(data))["actions"]["upload"]["href"].removeprefix(local_hub.url)
+    response, message = request(local_hub, "PUT", href, data)
+    assert response.status == 500 and b"storage" not in message and b"Input/output" not in message
+    assert list(local_hub.store.blobs.staging.iterdir()) == []
+
     monkeypatch.setattr(BodyWriter, "write", write)
     api.upload_file(path_or_fileobj=str(tmp_path / "w.safetensors"), path_in_repo="w.safetensors", repo_id="team/full")
     assert Path(hf_hub_download("team/full", "w.safetensors", cache_dir=str(tmp_path / "c"))).read_bytes() == data

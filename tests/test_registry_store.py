@@ -192,13 +192,16 @@ def _direct_io_works(folder: Path) -> bool:
     tail=st.integers(0, 20000),
     direct=st.booleans(),
 )
-def test_body_writer_stores_any_blocks_exactly(tmp_path_factory, sizes, tail, direct):
+def test_body_writer_stores_any_blocks_exactly(tmp_path_factory, monkeypatch, sizes, tail, direct):
     """Blocks of any sizes (aligned or not to the 4 KiB that O_DIRECT needs) land byte-exact, and `consume` sees
-    every byte once, in order, before it is written."""
+    every byte once, in order, before it is written: with O_DIRECT, and where the file system refuses it."""
     folder = tmp_path_factory.mktemp("body")
     data = random.Random(len(sizes) * 7919 + tail).randbytes(sum(map(sum, sizes)) + tail)
     seen = bytearray()
-    writer = BodyWriter(folder / "staged", direct=direct)
+    if not direct:
+        real_open = os.open
+        monkeypatch.setattr(os, "open", lambda path, flags, *mode: refuse_direct(real_open, path, flags, *mode))
+    writer = BodyWriter(folder / "staged")
     assert writer.direct == (direct and _direct_io_works(folder))
     for block in _blocks_of(data, sizes):
         writer.write(block, seen.extend)

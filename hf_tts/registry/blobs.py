@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import functools
 import mmap
 import os
 import shutil
@@ -44,6 +45,16 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
         function(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
+def _open_direct(path: Path, flags: int, mode: int = 0o644) -> tuple[int, bool]:
+    """`path` opened with O_DIRECT where the file system allows it, else without; returns (fd, whether direct)."""
+    try:
+        return os.open(path, flags | os.O_DIRECT, mode), True
+    except OSError as error:
+        if error.errno != errno.EINVAL:
+            raise
+    return os.open(path, flags, mode), False
+
+
 def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
@@ -63,22 +74,12 @@ class BodyWriter:
     the page cache. Where O_DIRECT is refused (some file systems) the blocks go through the page cache, their
     writeback started at once. Not thread-safe: one block at a time."""
 
-    def __init__(self, path: Path, direct: bool = True):
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
-        self.fd = -1
+    def __init__(self, path: Path):
+        # `direct`: whether blocks are being written with O_DIRECT (it stops if the device refuses a write)
+        self.fd, self.direct = _open_direct(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC)
         self._buffer: mmap.mmap | None = None
         self._carried = 0  # unwritten bytes at the start of the buffer (less than one alignment unit)
         self.size = 0  # bytes received
-        self.direct = False  # whether blocks are being written with O_DIRECT
-        if direct:
-            try:
-                self.fd = os.open(path, flags | os.O_DIRECT, 0o644)
-                self.direct = True
-            except OSError as error:
-                if error.errno != errno.EINVAL:
-                    raise
-        if self.fd < 0:
-            self.fd = os.open(path, flags, 0o644)
 
     def write(self, pieces: list[bytes], consume: Callable[[bytes | memoryview], None] | None = None) -> None:
         """Append `pieces` (one block of the body), handing their bytes to `consume` first."""
@@ -158,14 +159,9 @@ class BodyWriter:
             self._buffer = None
 
 
-_DISK_READERS: ThreadPoolExecutor | None = None
-
-
+@functools.cache
 def _disk_readers() -> ThreadPoolExecutor:
-    global _DISK_READERS
-    if _DISK_READERS is None:
-        _DISK_READERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hf-tts-disk-read")
-    return _DISK_READERS
+    return ThreadPoolExecutor(max_workers=4, thread_name_prefix="hf-tts-disk-read")
 
 
 def _read_around_cache(path: Path, start: int, end: int, buffer: mmap.mmap) -> int:
@@ -173,12 +169,7 @@ def _read_around_cache(path: Path, start: int, end: int, buffer: mmap.mmap) -> i
     `start` lies in the buffer."""
     aligned = start - start % _DIRECT_ALIGNMENT
     length = -(-(end - aligned) // _DIRECT_ALIGNMENT) * _DIRECT_ALIGNMENT
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECT)
-    except OSError as error:
-        if error.errno != errno.EINVAL:
-            raise
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd, _ = _open_direct(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         with memoryview(buffer) as view:
             got = 0
@@ -204,13 +195,15 @@ def read_ranges_around_cache(ranges: Iterable[tuple[Path, int, int]], ahead: int
     reading: deque[tuple[Future, mmap.mmap, int]] = deque()
 
     def read_next() -> None:
-        for path, start, end in pending:
-            size = end - start + 2 * _DIRECT_ALIGNMENT
-            buffer = spare.pop() if spare else None
-            if buffer is None or len(buffer) < size:  # a smaller one is dropped (the caller may still hold a view)
-                buffer = mmap.mmap(-1, max(size, 4 << 20))
-            reading.append((_disk_readers().submit(_read_around_cache, path, start, end, buffer), buffer, end - start))
+        following = next(pending, None)
+        if following is None:
             return
+        path, start, end = following
+        size = end - start + 2 * _DIRECT_ALIGNMENT
+        buffer = spare.pop() if spare else None
+        if buffer is None or len(buffer) < size:  # a smaller one is dropped (the caller may still hold a view)
+            buffer = mmap.mmap(-1, max(size, 4 << 20))
+        reading.append((_disk_readers().submit(_read_around_cache, path, start, end, buffer), buffer, end - start))
 
     for _ in range(ahead + 1):
         read_next()

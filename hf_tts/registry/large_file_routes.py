@@ -8,6 +8,7 @@ xorb or a 10 GB LFS object costs the server the same small amount of memory.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import uuid
 from collections.abc import Callable
@@ -42,17 +43,13 @@ from hf_tts.registry.store import Entry
 from hf_tts.registry.xet_format import MAX_XORB_BYTES, XetFormatError, XorbReader, hex_to_hash
 
 _BLOCK_BYTES = 1 << 20  # per worker-thread write: small, so concurrent uploads keep little memory
-_WRITER_THREADS = 8
-_BODY_WRITERS: ThreadPoolExecutor | None = None
 MAX_SHARD_BYTES = 64 << 20
 LFS_MEDIA_TYPE = "application/vnd.git-lfs+json"
 
 
+@functools.cache
 def _body_writers() -> ThreadPoolExecutor:
-    global _BODY_WRITERS
-    if _BODY_WRITERS is None:
-        _BODY_WRITERS = ThreadPoolExecutor(max_workers=_WRITER_THREADS, thread_name_prefix="hf-tts-registry-body")
-    return _BODY_WRITERS
+    return ThreadPoolExecutor(max_workers=8, thread_name_prefix="hf-tts-registry-body")
 
 
 async def receive_to_file(
